@@ -1,0 +1,89 @@
+//! Configuration shared by every service: how to reach NATS.
+//!
+//! Each service has one typed config struct (clap, with `env` fallbacks), and flattens
+//! [`NatsArgs`] into it, so every value can come from a flag or an environment variable
+//! and the defaults work on a developer machine.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct NatsArgs {
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Credentials file (JWT + nkey seed).
+    #[arg(long, env = "NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+    /// User name, with --nats-password.
+    #[arg(long, env = "NATS_USER")]
+    pub nats_user: Option<String>,
+    #[arg(long, env = "NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+    /// How long to keep trying to reach NATS at start before giving up.
+    #[arg(long, env = "JETJOBS_CONNECT_TIMEOUT_SECS", default_value_t = 30)]
+    pub connect_timeout_secs: u64,
+}
+
+impl NatsArgs {
+    pub fn local(url: impl Into<String>) -> Self {
+        Self {
+            nats_url: url.into(),
+            nats_creds: None,
+            nats_user: None,
+            nats_password: None,
+            connect_timeout_secs: 30,
+        }
+    }
+
+    /// Connects as `name` (shown by `nats server report connections`), retrying with
+    /// backoff until `connect_timeout_secs` have passed. After the first connection the
+    /// client reconnects by itself, forever.
+    pub async fn connect(&self, name: &str) -> anyhow::Result<async_nats::Client> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(self.connect_timeout_secs);
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.options(name).await?.connect(&self.nats_url).await {
+                Ok(client) => return Ok(client),
+                Err(e) if tokio::time::Instant::now() + delay < deadline => {
+                    tracing::warn!(url = %self.nats_url, error = %e, "NATS is not reachable yet; retrying.");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!(
+                            "could not connect to NATS at {} within {}s",
+                            self.nats_url, self.connect_timeout_secs
+                        )
+                    });
+                }
+            }
+        }
+    }
+
+    async fn options(&self, name: &str) -> anyhow::Result<async_nats::ConnectOptions> {
+        let mut options = match &self.nats_creds {
+            Some(path) => async_nats::ConnectOptions::with_credentials_file(path)
+                .await
+                .with_context(|| format!("reading NATS credentials {}", path.display()))?,
+            None => async_nats::ConnectOptions::new(),
+        };
+        if let (Some(user), Some(password)) = (&self.nats_user, &self.nats_password) {
+            options = options.user_and_password(user.clone(), password.clone());
+        }
+        Ok(options
+            .name(name)
+            .connection_timeout(Duration::from_secs(5))
+            .request_timeout(Some(Duration::from_secs(10)))
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Disconnected => tracing::warn!("Disconnected from NATS."),
+                    async_nats::Event::Connected => tracing::info!("Connected to NATS."),
+                    other => tracing::debug!(event = %other, "NATS connection event."),
+                }
+            }))
+    }
+}

@@ -1,0 +1,78 @@
+//! The job-kind registry, KV bucket `job_kinds`: each processor registers the kinds it
+//! serves when it starts, and the gateway accepts only registered kinds.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::job::Kind;
+
+/// Default attempts for a kind that does not say otherwise.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// Default per-attempt time limit for a kind that does not say otherwise.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 300;
+
+/// The value stored under a kind's name in `job_kinds`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KindInfo {
+    pub kind: Kind,
+    pub description: String,
+    /// The processor service (and durable consumer) that runs this kind.
+    pub processor: String,
+    pub max_attempts: u32,
+    pub timeout_secs: u64,
+    /// JSON Schema of the payload, for humans and tools.
+    pub payload_schema: Value,
+    pub registered_at: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("KV bucket job_kinds: {0}")]
+    Nats(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("entry {key:?} in job_kinds is not a valid kind description: {source}")]
+    Decode {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Writes `info` under its kind. Registering again replaces the entry (a new revision).
+pub async fn register(
+    kinds: &async_nats::jetstream::kv::Store,
+    info: &KindInfo,
+) -> Result<(), RegistryError> {
+    let value = serde_json::to_vec(info).map_err(|e| RegistryError::Nats(e.into()))?;
+    kinds
+        .put(info.kind.as_str(), value.into())
+        .await
+        .map_err(|e| RegistryError::Nats(e.into()))?;
+    Ok(())
+}
+
+/// Reads one kind's entry, if registered.
+pub async fn lookup(
+    kinds: &async_nats::jetstream::kv::Store,
+    kind: &Kind,
+) -> Result<Option<KindInfo>, RegistryError> {
+    match kinds.get(kind.as_str()).await {
+        Ok(Some(bytes)) => {
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| RegistryError::Decode {
+                    key: kind.to_string(),
+                    source,
+                })
+        }
+        Ok(None) => Ok(None),
+        Err(e) => Err(RegistryError::Nats(e.into())),
+    }
+}
+
+pub fn decode(key: &str, bytes: &[u8]) -> Result<KindInfo, RegistryError> {
+    serde_json::from_slice(bytes).map_err(|source| RegistryError::Decode {
+        key: key.to_string(),
+        source,
+    })
+}

@@ -1,0 +1,25 @@
+//! The jetjobs contract and common machinery, shared by every service.
+//!
+//! - [`job`], [`state`]: what a job is, the events that change it, and the state machine.
+//! - [`subjects`], [`layout`]: where things live on NATS, and provisioning.
+//! - [`kinds`]: the registry of job kinds.
+//! - [`processor`]: the runtime every processor service is built on.
+//! - [`config`], [`telemetry`], [`shutdown`], [`trace_context`]: service plumbing.
+//! - `testing` (feature `testing`): a real nats-server for tests.
+
+pub mod config;
+pub mod job;
+pub mod kinds;
+pub mod layout;
+pub mod processor;
+pub mod shutdown;
+pub mod state;
+pub mod subjects;
+pub mod telemetry;
+pub mod trace_context;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use job::{JobId, JobRequest, Kind, Progress};
+pub use state::{Change, JobEvent, JobSnapshot, JobState};

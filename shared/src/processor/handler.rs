@@ -1,0 +1,204 @@
+//! What a processor author writes: one [`Handler`] per job kind.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::FutureExt as _;
+use schemars::JsonSchema;
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::job::{JobId, JobRequest, Kind, Progress};
+use crate::kinds::{DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_SECS};
+
+/// How a handler says an attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    /// Worth another attempt (a timeout, an unavailable dependency).
+    #[error("{0}")]
+    Retryable(String),
+    /// Will fail the same way every time (bad input): the job fails now, no retries.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl JobError {
+    pub fn retryable(message: impl std::fmt::Display) -> Self {
+        Self::Retryable(message.to_string())
+    }
+
+    pub fn permanent(message: impl std::fmt::Display) -> Self {
+        Self::Permanent(message.to_string())
+    }
+}
+
+/// Static facts about a kind, registered in `job_kinds` when the processor starts.
+#[derive(Clone, Debug)]
+pub struct KindDef {
+    pub kind: Kind,
+    pub description: String,
+    pub max_attempts: u32,
+    pub timeout_secs: u64,
+}
+
+impl KindDef {
+    /// A kind with the default attempts (3) and timeout (300 s).
+    ///
+    /// # Panics
+    /// If `name` is not a valid kind: kinds are compile-time constants of a processor.
+    pub fn new(name: &str, description: &str) -> Self {
+        #[allow(clippy::expect_used)]
+        let kind = Kind::new(name).expect("a processor's kind names are valid constants");
+        Self {
+            kind,
+            description: description.to_string(),
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            timeout_secs: DEFAULT_TIMEOUT_SECS,
+        }
+    }
+
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n;
+        self
+    }
+
+    pub fn timeout_secs(mut self, secs: u64) -> Self {
+        self.timeout_secs = secs;
+        self
+    }
+}
+
+/// One job kind. The runtime decodes the payload into `Payload` (a payload that does
+/// not decode fails the job at once, without retries) and encodes `Output` as the result.
+pub trait Handler: Send + Sync + 'static {
+    type Payload: DeserializeOwned + JsonSchema + Send + 'static;
+    type Output: Serialize + Send + 'static;
+
+    fn def(&self) -> KindDef;
+
+    fn handle(
+        &self,
+        payload: Self::Payload,
+        ctx: JobContext,
+    ) -> impl Future<Output = Result<Self::Output, JobError>> + Send;
+}
+
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A [`Handler`] with its types erased, so one processor can serve several kinds.
+pub(crate) trait ErasedHandler: Send + Sync {
+    fn def(&self) -> KindDef;
+    fn schema(&self) -> Value;
+    fn call(&self, payload: Value, ctx: JobContext) -> BoxFuture<'_, Result<Value, JobError>>;
+}
+
+impl<H: Handler> ErasedHandler for H {
+    fn def(&self) -> KindDef {
+        Handler::def(self)
+    }
+
+    fn schema(&self) -> Value {
+        serde_json::to_value(schemars::schema_for!(H::Payload)).unwrap_or(Value::Null)
+    }
+
+    fn call(&self, payload: Value, ctx: JobContext) -> BoxFuture<'_, Result<Value, JobError>> {
+        let payload = match serde_json::from_value::<H::Payload>(payload) {
+            Ok(payload) => payload,
+            Err(e) => {
+                let error = JobError::Permanent(format!("invalid payload: {e}"));
+                return async move { Err(error) }.boxed();
+            }
+        };
+        self.handle(payload, ctx)
+            .map(|outcome| {
+                outcome.and_then(|output| {
+                    serde_json::to_value(output)
+                        .map_err(|e| JobError::Permanent(format!("cannot encode the result: {e}")))
+                })
+            })
+            .boxed()
+    }
+}
+
+/// What a running handler can see and do: its job's identity, progress reports,
+/// cancellation, and a way to run CPU-bound work off the async runtime.
+#[derive(Clone)]
+pub struct JobContext {
+    request: Arc<JobRequest>,
+    attempt: u32,
+    progress: Arc<watch::Sender<Option<Progress>>>,
+    cancel: CancellationToken,
+}
+
+impl JobContext {
+    pub(crate) fn new(
+        request: Arc<JobRequest>,
+        attempt: u32,
+        progress: Arc<watch::Sender<Option<Progress>>>,
+        cancel: CancellationToken,
+    ) -> Self {
+        Self {
+            request,
+            attempt,
+            progress,
+            cancel,
+        }
+    }
+
+    pub fn job_id(&self) -> JobId {
+        self.request.id
+    }
+
+    pub fn kind(&self) -> &Kind {
+        &self.request.kind
+    }
+
+    /// This run's number, from 1.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    pub fn max_attempts(&self) -> u32 {
+        self.request.max_attempts
+    }
+
+    /// Reports progress. Cheap and synchronous, so it can be called from blocking code
+    /// in a tight loop: reports are coalesced and published at a bounded rate.
+    pub fn progress(&self, current: u64, total: u64) {
+        self.progress
+            .send_replace(Some(Progress { current, total }));
+    }
+
+    /// True once the job should stop (timeout, shutdown, cancellation).
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Completes when the job should stop; `select!` on it in long awaits.
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await;
+    }
+
+    /// Runs CPU-bound `work` on the blocking thread pool, so heartbeats, progress reports
+    /// and every other task keep running. `work` gets this context to report progress and
+    /// to poll [`JobContext::is_cancelled`].
+    pub async fn blocking<R, F>(&self, work: F) -> Result<R, JobError>
+    where
+        F: FnOnce(JobContext) -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let ctx = self.clone();
+        tokio::task::spawn_blocking(move || work(ctx))
+            .await
+            .map_err(|e| match e.try_into_panic() {
+                Ok(panic) => JobError::Retryable(format!(
+                    "the handler panicked: {}",
+                    super::panic_message(&panic)
+                )),
+                Err(e) => JobError::Retryable(format!("the blocking task was cancelled: {e}")),
+            })
+    }
+}

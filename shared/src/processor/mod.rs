@@ -1,0 +1,797 @@
+//! The processor runtime: everything a processor service gets for free around its
+//! [`Handler`]s.
+//!
+//! - a durable pull consumer with bounded concurrency: the runtime never holds more job
+//!   messages than it has free slots, however deep the backlog;
+//! - `AckProgress` heartbeats while a job runs, so a job longer than `ack_wait` is not
+//!   redelivered to another replica;
+//! - progress reports, coalesced and rate-limited;
+//! - a per-attempt timeout, and panics caught as retryable failures;
+//! - retries: a retryable error publishes `retrying` and naks with an exponential,
+//!   jittered delay; a permanent error, or the last attempt, publishes `failed` and
+//!   copies the job to `JOBS_DEAD`;
+//! - the order that makes "no accepted job is lost" hold: publish the outcome event,
+//!   wait for its PubAck, and only then ack the job (a double ack, confirmed by the server);
+//! - graceful shutdown: stop pulling, let running jobs finish within a grace period, and
+//!   nak what is left so another replica takes it at once.
+
+mod handler;
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use bytes::Bytes;
+use futures::stream::{BoxStream, SelectAll};
+use futures::{FutureExt as _, StreamExt as _};
+use rand::Rng as _;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
+
+use handler::ErasedHandler;
+pub use handler::{Handler, JobContext, JobError, KindDef};
+
+use crate::job::{JobId, JobRequest, Kind};
+use crate::kinds::{self, KindInfo};
+use crate::layout::{self, ProcessorSpec, Requirement};
+use crate::state::{Change, JobEvent};
+use crate::subjects::{self, headers};
+
+/// How a processor runs, independent of what it runs.
+#[derive(clap::Args, Clone, Debug)]
+pub struct RuntimeConfig {
+    /// Jobs run at once by this replica.
+    #[arg(long, env = "JETJOBS_CONCURRENCY", default_value_t = 64)]
+    pub concurrency: usize,
+    /// Largest number of jobs asked for in one pull request.
+    #[arg(long, env = "JETJOBS_MAX_BATCH", default_value_t = 64)]
+    pub max_batch: usize,
+    /// How long one pull request waits for jobs before it is renewed.
+    #[arg(long, env = "JETJOBS_PULL_EXPIRES_MS", default_value_t = 5_000)]
+    pub pull_expires_ms: u64,
+    /// Least time between two progress events of one job.
+    #[arg(long, env = "JETJOBS_PROGRESS_INTERVAL_MS", default_value_t = 250)]
+    pub progress_interval_ms: u64,
+    /// First retry delay; doubles with each attempt, with jitter.
+    #[arg(long, env = "JETJOBS_RETRY_BASE_MS", default_value_t = 1_000)]
+    pub retry_base_ms: u64,
+    /// Longest retry delay.
+    #[arg(long, env = "JETJOBS_RETRY_MAX_MS", default_value_t = 60_000)]
+    pub retry_max_ms: u64,
+    /// On shutdown, how long running jobs may take to finish before they are released.
+    #[arg(long, env = "JETJOBS_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 64,
+            max_batch: 64,
+            pull_expires_ms: 5_000,
+            progress_interval_ms: 250,
+            retry_base_ms: 1_000,
+            retry_max_ms: 60_000,
+            shutdown_grace_secs: 20,
+        }
+    }
+}
+
+impl RuntimeConfig {
+    /// Exponential backoff with "equal jitter": half the delay fixed, half random, so
+    /// replicas retrying the same failing dependency spread out.
+    pub fn retry_delay(&self, attempt: u32) -> Duration {
+        let exp = self
+            .retry_base_ms
+            .saturating_mul(1u64 << attempt.saturating_sub(1).min(20));
+        let capped = exp.min(self.retry_max_ms).max(1);
+        let half = capped / 2;
+        Duration::from_millis(half + rand::rng().random_range(0..=capped - half))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Layout(#[from] layout::ProvisionError),
+    #[error(transparent)]
+    Registry(#[from] kinds::RegistryError),
+    #[error("{0}")]
+    Nats(String),
+    #[error(
+        "consumer {consumer} does not receive {missing:?}; run `jetjobs-admin provision` so its filter covers every kind this processor serves"
+    )]
+    FilterMismatch {
+        consumer: String,
+        missing: Vec<String>,
+    },
+}
+
+/// A processor service: a name (its durable consumer) and the handlers of its kinds.
+pub struct Processor {
+    name: String,
+    handlers: HashMap<Kind, Arc<dyn ErasedHandler>>,
+}
+
+impl Processor {
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            handlers: HashMap::new(),
+        }
+    }
+
+    pub fn handler(mut self, handler: impl Handler) -> Self {
+        let kind = Handler::def(&handler).kind;
+        self.handlers.insert(kind, Arc::new(handler));
+        self
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// What provisioning needs to know: the consumer name and the kinds it must receive.
+    pub fn spec(&self) -> ProcessorSpec {
+        let mut kinds: Vec<Kind> = self.handlers.keys().cloned().collect();
+        kinds.sort();
+        ProcessorSpec {
+            name: self.name.clone(),
+            kinds,
+        }
+    }
+
+    /// The `job_kinds` entries this processor registers.
+    pub fn kind_infos(&self) -> Vec<KindInfo> {
+        let mut infos: Vec<KindInfo> = self
+            .handlers
+            .values()
+            .map(|h| {
+                let def = h.def();
+                KindInfo {
+                    kind: def.kind,
+                    description: def.description,
+                    processor: self.name.clone(),
+                    max_attempts: def.max_attempts,
+                    timeout_secs: def.timeout_secs,
+                    payload_schema: h.schema(),
+                    registered_at: crate::job::now(),
+                }
+            })
+            .collect();
+        infos.sort_by(|a, b| a.kind.cmp(&b.kind));
+        infos
+    }
+
+    /// Checks the layout, registers the kinds, and runs jobs until `shutdown` is cancelled;
+    /// then finishes or releases in-flight jobs and returns.
+    pub async fn run(
+        self,
+        client: async_nats::Client,
+        config: RuntimeConfig,
+        shutdown: CancellationToken,
+    ) -> Result<(), RuntimeError> {
+        let js = jetstream::new(client.clone());
+        layout::require(
+            &js,
+            &[
+                Requirement::Stream(layout::JOBS_STREAM),
+                Requirement::Stream(layout::EVENTS_STREAM),
+                Requirement::Stream(layout::DEAD_STREAM),
+                Requirement::Bucket(layout::KINDS_BUCKET),
+                Requirement::Consumer {
+                    stream: layout::JOBS_STREAM,
+                    name: self.name.clone(),
+                },
+            ],
+        )
+        .await?;
+        let nats = |e: &dyn std::fmt::Display| RuntimeError::Nats(e.to_string());
+        let consumer: PullConsumer = js
+            .get_stream(layout::JOBS_STREAM)
+            .await
+            .map_err(|e| nats(&e))?
+            .get_consumer(&self.name)
+            .await
+            .map_err(|e| nats(&e))?;
+        let consumer_config = &consumer.cached_info().config;
+        let mut filters = consumer_config.filter_subjects.clone();
+        filters.push(consumer_config.filter_subject.clone());
+        let missing: Vec<String> = self
+            .spec()
+            .filter_subjects()
+            .into_iter()
+            .filter(|s| !filters.contains(s))
+            .collect();
+        if !missing.is_empty() {
+            return Err(RuntimeError::FilterMismatch {
+                consumer: self.name.clone(),
+                missing,
+            });
+        }
+        // A third of ack_wait leaves two chances for a heartbeat to arrive in time.
+        let heartbeat = (consumer_config.ack_wait / 3).max(Duration::from_millis(50));
+
+        let kinds_bucket = js
+            .get_key_value(layout::KINDS_BUCKET)
+            .await
+            .map_err(|e| nats(&e))?;
+        for info in self.kind_infos() {
+            kinds::register(&kinds_bucket, &info).await?;
+        }
+
+        let defs = self
+            .handlers
+            .iter()
+            .map(|(kind, h)| (kind.clone(), h.def()))
+            .collect();
+        let runtime = Arc::new(Runtime {
+            client: client.clone(),
+            js,
+            handlers: self.handlers,
+            defs,
+            heartbeat,
+            config: config.clone(),
+        });
+        tracing::info!(
+            processor = %self.name,
+            kinds = ?runtime.handlers.keys().map(Kind::as_str).collect::<Vec<_>>(),
+            concurrency = config.concurrency,
+            "Processor started."
+        );
+        runtime.pull_loop(&consumer, shutdown).await;
+        if let Err(e) = client.flush().await {
+            tracing::warn!(error = %e, "Could not flush the NATS connection on shutdown.");
+        }
+        tracing::info!(processor = %self.name, "Processor stopped.");
+        Ok(())
+    }
+}
+
+struct Runtime {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    handlers: HashMap<Kind, Arc<dyn ErasedHandler>>,
+    defs: HashMap<Kind, KindDef>,
+    heartbeat: Duration,
+    config: RuntimeConfig,
+}
+
+/// A job message together with the concurrency slot it occupies.
+type Slot = (jetstream::Message, OwnedSemaphorePermit);
+
+/// At most this many pull requests are open at once; each holds the slots it asked for.
+const MAX_OPEN_PULLS: usize = 4;
+
+impl Runtime {
+    async fn pull_loop(self: &Arc<Self>, consumer: &PullConsumer, shutdown: CancellationToken) {
+        let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
+        let tracker = TaskTracker::new();
+        let release = CancellationToken::new();
+        let mut pulls: SelectAll<BoxStream<'static, Slot>> = SelectAll::new();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                Some((message, permit)) = pulls.next(), if !pulls.is_empty() => {
+                    let runtime = Arc::clone(self);
+                    let release = release.child_token();
+                    tracker.spawn(async move {
+                        runtime.run_job(message, release).await;
+                        drop(permit);
+                    });
+                }
+                permits = self.free_slots(&slots), if pulls.len() < MAX_OPEN_PULLS => {
+                    let Ok(permits) = permits else { break };
+                    match self.pull(consumer, permits).await {
+                        Ok(stream) => {
+                            backoff = Duration::from_millis(100);
+                            pulls.push(stream);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "Pull request failed; retrying.");
+                            tokio::select! {
+                                () = tokio::time::sleep(backoff) => {}
+                                () = shutdown.cancelled() => break,
+                            }
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                        }
+                    }
+                }
+            }
+        }
+
+        // Jobs the server delivers to still-open pull requests are handed back at once.
+        let drain = tokio::spawn(async move {
+            while let Some((message, _permit)) = pulls.next().await {
+                if let Err(e) = message.ack_with(AckKind::Nak(None)).await {
+                    tracing::warn!(error = %e, "Could not release a job on shutdown.");
+                }
+            }
+        });
+        tracker.close();
+        let grace = Duration::from_secs(self.config.shutdown_grace_secs);
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            tracing::warn!(
+                running = tracker.len(),
+                "Grace period over; releasing unfinished jobs to other replicas."
+            );
+            release.cancel();
+            tracker.wait().await;
+        }
+        let expires = Duration::from_millis(self.config.pull_expires_ms);
+        if tokio::time::timeout(expires + Duration::from_secs(1), drain)
+            .await
+            .is_err()
+        {
+            tracing::warn!("Open pull requests did not end in time.");
+        }
+    }
+
+    /// Waits for at least one free slot, then takes as many more as are free (up to a batch).
+    async fn free_slots(
+        &self,
+        slots: &Arc<Semaphore>,
+    ) -> Result<OwnedSemaphorePermit, tokio::sync::AcquireError> {
+        let mut permits = Arc::clone(slots).acquire_owned().await?;
+        while permits.num_permits() < self.config.max_batch.max(1) {
+            match Arc::clone(slots).try_acquire_owned() {
+                Ok(more) => permits.merge(more),
+                Err(_) => break,
+            }
+        }
+        Ok(permits)
+    }
+
+    /// One pull request for exactly as many jobs as `permits` has slots. Each job comes
+    /// out with one slot; the slots of jobs that did not come are freed when it ends.
+    async fn pull(
+        &self,
+        consumer: &PullConsumer,
+        permits: OwnedSemaphorePermit,
+    ) -> Result<BoxStream<'static, Slot>, async_nats::Error> {
+        let batch = consumer
+            .batch()
+            .max_messages(permits.num_permits())
+            .expires(Duration::from_millis(self.config.pull_expires_ms))
+            .messages()
+            .await?;
+        let stream =
+            futures::stream::unfold((batch, permits), |(mut batch, mut permits)| async move {
+                loop {
+                    match batch.next().await? {
+                        Ok(message) => {
+                            let permit = permits.split(1)?;
+                            return Some(((message, permit), (batch, permits)));
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "Pull request ended with an error.");
+                            return None;
+                        }
+                    }
+                }
+            });
+        Ok(stream.boxed())
+    }
+
+    async fn run_job(self: Arc<Self>, message: jetstream::Message, release: CancellationToken) {
+        let attempt = message
+            .info()
+            .map(|info| u32::try_from(info.delivered.max(1)).unwrap_or(u32::MAX))
+            .unwrap_or(1);
+        let mut request: JobRequest = match serde_json::from_slice(&message.payload) {
+            Ok(request) => request,
+            Err(e) => return self.poison(message, attempt, e).await,
+        };
+        let payload = std::mem::take(&mut request.payload);
+        let request = Arc::new(request);
+        let span = tracing::info_span!(
+            "job",
+            job_id = %request.id,
+            kind = %request.kind,
+            attempt,
+        );
+        self.attempt(message, request, payload, attempt, release)
+            .instrument(span)
+            .await;
+    }
+
+    async fn attempt(
+        &self,
+        message: jetstream::Message,
+        request: Arc<JobRequest>,
+        payload: serde_json::Value,
+        attempt: u32,
+        release: CancellationToken,
+    ) {
+        let trace = trace_headers(message.headers.as_ref());
+        let Some(handler) = self.handlers.get(&request.kind) else {
+            let error = format!("this processor has no handler for kind {}", request.kind);
+            return self.fail(&message, &request, attempt, error, &trace).await;
+        };
+        if attempt > request.max_attempts {
+            let error = format!(
+                "gave up after {} attempts: the last ones ended without an outcome (did the processor stop?)",
+                request.max_attempts
+            );
+            return self.fail(&message, &request, attempt, error, &trace).await;
+        }
+        let timeout = Duration::from_secs(
+            request
+                .timeout_secs
+                .or_else(|| self.defs.get(&request.kind).map(|d| d.timeout_secs))
+                .unwrap_or(crate::kinds::DEFAULT_TIMEOUT_SECS),
+        );
+
+        let started = self
+            .send_event(&JobEvent::new(&request, attempt, Change::Started), &trace)
+            .await;
+        tracing::debug!("Job started.");
+
+        let (progress_tx, progress_rx) = watch::channel(None);
+        let cancel = CancellationToken::new();
+        let ctx = JobContext::new(
+            Arc::clone(&request),
+            attempt,
+            Arc::new(progress_tx),
+            cancel.clone(),
+        );
+        let keepalive_done = CancellationToken::new();
+        let keepalive = self.keepalive(
+            &message,
+            &request,
+            attempt,
+            progress_rx,
+            &trace,
+            keepalive_done.clone(),
+        );
+        let work = async {
+            let run = AssertUnwindSafe(handler.call(payload, ctx)).catch_unwind();
+            tokio::select! {
+                outcome = run => Some(outcome.unwrap_or_else(|panic| Err(JobError::Retryable(
+                    format!("the handler panicked: {}", panic_message(&panic)),
+                )))),
+                () = tokio::time::sleep(timeout) => Some(Err(JobError::Retryable(format!(
+                    "timed out after {}s", timeout.as_secs_f64()
+                )))),
+                () = release.cancelled() => None,
+            }
+        };
+        let (outcome, ()) = tokio::join!(
+            async {
+                let outcome = work.await;
+                // Whatever ended the run, the handler must stop (timeouts, shutdown).
+                cancel.cancel();
+                keepalive_done.cancel();
+                outcome
+            },
+            keepalive
+        );
+
+        if let Err(e) = await_ack(started).await {
+            tracing::warn!(error = %e, "The started event was not confirmed.");
+        }
+        let Some(outcome) = outcome else {
+            tracing::info!("Releasing the job to another replica (shutdown).");
+            if let Err(e) = message.ack_with(AckKind::Nak(None)).await {
+                tracing::warn!(error = %e, "Could not release the job.");
+            }
+            return;
+        };
+        match outcome {
+            Ok(result) => {
+                let event = JobEvent::new(&request, attempt, Change::Succeeded { result });
+                if self.publish_event(&event, &trace).await {
+                    self.confirm_ack(&message).await;
+                    tracing::debug!("Job succeeded.");
+                }
+            }
+            Err(JobError::Retryable(error)) if attempt < request.max_attempts => {
+                let delay = self.config.retry_delay(attempt);
+                tracing::info!(%error, retry_in_ms = delay.as_millis() as u64, "Job attempt failed; will retry.");
+                let retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+                let event =
+                    JobEvent::new(&request, attempt, Change::Retrying { error, retry_in_ms });
+                if self.publish_event(&event, &trace).await
+                    && let Err(e) = message.ack_with(AckKind::Nak(Some(delay))).await
+                {
+                    tracing::warn!(error = %e, "Could not schedule the retry; ack_wait will.");
+                }
+            }
+            Err(JobError::Retryable(error) | JobError::Permanent(error)) => {
+                self.fail(&message, &request, attempt, error, &trace).await;
+            }
+        }
+    }
+
+    /// Ends a job as `failed`: the event, a copy on `JOBS_DEAD`, then the ack.
+    async fn fail(
+        &self,
+        message: &jetstream::Message,
+        request: &JobRequest,
+        attempt: u32,
+        error: String,
+        trace: &HeaderMap,
+    ) {
+        tracing::warn!(%error, "Job failed.");
+        let event = JobEvent::new(
+            request,
+            attempt,
+            Change::Failed {
+                error: error.clone(),
+            },
+        );
+        let dead = self.dead_letter(
+            &request.kind,
+            Some(request.id),
+            attempt,
+            &error,
+            message.payload.clone(),
+            trace,
+        );
+        let (dead_ok, event_ok) = tokio::join!(dead, self.publish_event(&event, trace));
+        if dead_ok && event_ok {
+            self.confirm_ack(message).await;
+        }
+    }
+
+    /// A message that is not a job request cannot be retried into shape: it goes to the
+    /// dead-letter stream (and, if it names its job, that job is marked failed) at once.
+    async fn poison(&self, message: jetstream::Message, attempt: u32, error: serde_json::Error) {
+        let kind = message
+            .subject
+            .strip_prefix("jobs.submit.")
+            .and_then(|k| Kind::new(k).ok());
+        let job_id = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(headers::JOB_ID))
+            .and_then(|v| v.as_str().parse::<JobId>().ok());
+        let reason = format!("the job message cannot be decoded: {error}");
+        tracing::error!(subject = %message.subject, ?job_id, %reason, "Poison message.");
+        let trace = trace_headers(message.headers.as_ref());
+        let Some(kind) = kind else {
+            let _ = message.ack_with(AckKind::Term).await;
+            return;
+        };
+        let mut ok = self
+            .dead_letter(
+                &kind,
+                job_id,
+                attempt,
+                &reason,
+                message.payload.clone(),
+                &trace,
+            )
+            .await;
+        if let Some(id) = job_id {
+            let request = JobRequest {
+                id,
+                kind,
+                payload: serde_json::Value::Null,
+                max_attempts: 1,
+                timeout_secs: None,
+                created_at: crate::job::now(),
+            };
+            let event = JobEvent::new(&request, attempt, Change::Failed { error: reason });
+            ok &= self.publish_event(&event, &trace).await;
+        }
+        if ok {
+            self.confirm_ack(&message).await;
+        }
+    }
+
+    async fn dead_letter(
+        &self,
+        kind: &Kind,
+        job_id: Option<JobId>,
+        attempt: u32,
+        error: &str,
+        payload: Bytes,
+        trace: &HeaderMap,
+    ) -> bool {
+        let mut headers = trace.clone();
+        headers.insert(headers::KIND, kind.as_str());
+        if let Some(id) = job_id {
+            headers.insert(headers::JOB_ID, id.to_string().as_str());
+            headers.insert(headers::MSG_ID, format!("{id}.dead.{attempt}").as_str());
+        }
+        // Header values are one line; the full error is in the job's `failed` event.
+        let line: String = error
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(512)
+            .collect();
+        headers.insert("Jetjobs-Error", line.as_str());
+        self.publish_reliably(subjects::dead(kind), headers, payload)
+            .await
+    }
+
+    /// Sends heartbeats and progress events until `done`.
+    async fn keepalive(
+        &self,
+        message: &jetstream::Message,
+        request: &JobRequest,
+        attempt: u32,
+        mut progress: watch::Receiver<Option<crate::job::Progress>>,
+        trace: &HeaderMap,
+        done: CancellationToken,
+    ) {
+        let mut heartbeat =
+            tokio::time::interval_at(tokio::time::Instant::now() + self.heartbeat, self.heartbeat);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let min_gap = Duration::from_millis(self.config.progress_interval_ms);
+        let mut last_report = tokio::time::Instant::now() - min_gap;
+        loop {
+            tokio::select! {
+                biased;
+                () = done.cancelled() => return,
+                _ = heartbeat.tick() => {
+                    if let Err(e) = message.ack_with(AckKind::Progress).await {
+                        tracing::warn!(error = %e, "Heartbeat not sent.");
+                    }
+                }
+                changed = progress.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let wait = min_gap.saturating_sub(last_report.elapsed());
+                    if !wait.is_zero() {
+                        tokio::select! {
+                            () = tokio::time::sleep(wait) => {}
+                            () = done.cancelled() => return,
+                        }
+                    }
+                    let Some(current) = *progress.borrow_and_update() else { continue };
+                    let event = JobEvent::new(request, attempt, Change::Progress(current));
+                    if let Err(e) = await_ack(self.send_event(&event, trace).await).await {
+                        tracing::debug!(error = %e, "Progress event not confirmed.");
+                    }
+                    last_report = tokio::time::Instant::now();
+                }
+            }
+        }
+    }
+
+    /// Sends an event and returns its PubAck future without waiting for it.
+    async fn send_event(
+        &self,
+        event: &JobEvent,
+        trace: &HeaderMap,
+    ) -> Result<jetstream::context::PublishAckFuture, async_nats::Error> {
+        let (subject, headers, payload) = event_message(event, trace)?;
+        Ok(self
+            .js
+            .publish_with_headers(subject, headers, payload)
+            .await?)
+    }
+
+    /// Publishes an event and waits for its PubAck, retrying a few times.
+    async fn publish_event(&self, event: &JobEvent, trace: &HeaderMap) -> bool {
+        match event_message(event, trace) {
+            Ok((subject, headers, payload)) => {
+                self.publish_reliably(subject, headers, payload).await
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "Cannot encode an event.");
+                false
+            }
+        }
+    }
+
+    /// Publishes until JetStream confirms. Safe to repeat: every message carries a
+    /// `Nats-Msg-Id`, so a retry of a publish that did land is dropped as a duplicate.
+    async fn publish_reliably(&self, subject: String, headers: HeaderMap, payload: Bytes) -> bool {
+        let mut delay = Duration::from_millis(100);
+        for attempt in 1..=PUBLISH_TRIES {
+            let sent = self
+                .js
+                .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+                .await;
+            match await_ack(sent.map_err(Into::into)).await {
+                Ok(()) => return true,
+                Err(e) if attempt < PUBLISH_TRIES => {
+                    tracing::warn!(%subject, error = %e, "Publish not confirmed; retrying.");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => {
+                    // Leave the job unacked: it is redelivered after ack_wait and runs again.
+                    tracing::error!(%subject, error = %e, "Publish failed; the job will be redelivered.");
+                }
+            }
+        }
+        false
+    }
+
+    /// Acks and waits for the server to confirm, so a lost ack cannot make a finished job
+    /// run again unnoticed. Uses the client's shared reply inbox (one request) rather
+    /// than a subscription per ack.
+    async fn confirm_ack(&self, message: &jetstream::Message) {
+        let Some(reply) = message.reply.clone() else {
+            return;
+        };
+        if let Err(e) = self
+            .client
+            .request(reply, Bytes::from_static(b"+ACK"))
+            .await
+        {
+            tracing::warn!(error = %e, "Ack not confirmed; the job may be delivered again (its outcome is already recorded).");
+        }
+    }
+}
+
+const PUBLISH_TRIES: u32 = 5;
+
+async fn await_ack(
+    sent: Result<jetstream::context::PublishAckFuture, async_nats::Error>,
+) -> Result<(), async_nats::Error> {
+    sent?.await?;
+    Ok(())
+}
+
+fn event_message(
+    event: &JobEvent,
+    trace: &HeaderMap,
+) -> Result<(String, HeaderMap, Bytes), serde_json::Error> {
+    let payload = serde_json::to_vec(event)?;
+    let mut headers = trace.clone();
+    headers.insert(headers::MSG_ID, event.msg_id().as_str());
+    headers.insert(headers::KIND, event.kind.as_str());
+    headers.insert(headers::JOB_ID, event.job_id.to_string().as_str());
+    Ok((
+        subjects::event(&event.kind, event.job_id),
+        headers,
+        payload.into(),
+    ))
+}
+
+/// The trace context of a job message, carried on to every message about the job.
+fn trace_headers(incoming: Option<&HeaderMap>) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    if let Some(incoming) = incoming {
+        for name in [headers::TRACEPARENT, headers::TRACESTATE] {
+            if let Some(value) = incoming.get(name) {
+                out.insert(name, value.clone());
+            }
+        }
+    }
+    out
+}
+
+pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-string panic payload".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_grow_and_stay_capped() {
+        let config = RuntimeConfig {
+            retry_base_ms: 100,
+            retry_max_ms: 1_000,
+            ..Default::default()
+        };
+        for _ in 0..100 {
+            let first = config.retry_delay(1);
+            assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
+            let third = config.retry_delay(3);
+            assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400));
+            assert!(config.retry_delay(30) <= Duration::from_millis(1_000));
+        }
+    }
+}

@@ -1,0 +1,476 @@
+//! The job state machine: the one place that decides what a job's state is.
+//!
+//! ```text
+//! queued ─► running ─► succeeded | failed | cancelled
+//!              ▲  │
+//!              └──┴─► retrying
+//! ```
+//!
+//! Events can be redelivered, reordered, or come from a worker that lost its lease
+//! (a stale attempt). [`apply`] turns "the snapshot we have" plus "an event" into either
+//! a newer snapshot or a reason to ignore the event, so a snapshot never goes backwards.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::job::{JobId, JobRequest, Kind, Progress};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Queued,
+    Running,
+    Retrying,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+
+    /// Position within one attempt; a later event of the same attempt must not rank lower.
+    fn rank(self) -> u8 {
+        match self {
+            Self::Queued => 0,
+            Self::Running => 1,
+            Self::Retrying => 2,
+            Self::Succeeded | Self::Failed | Self::Cancelled => 3,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Retrying => "retrying",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What clients see: the value stored under the job's id in KV `job_status`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobSnapshot {
+    pub id: JobId,
+    pub kind: Kind,
+    pub state: JobState,
+    /// Runs started so far: 0 while first queued.
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub progress: Option<Progress>,
+    pub result: Option<Value>,
+    pub error: Option<String>,
+}
+
+impl JobSnapshot {
+    /// The snapshot the gateway writes when it accepts a job.
+    pub fn queued(request: &JobRequest) -> Self {
+        Self::new(
+            request.id,
+            request.kind.clone(),
+            request.max_attempts,
+            request.created_at,
+        )
+    }
+
+    fn new(id: JobId, kind: Kind, max_attempts: u32, created_at: DateTime<Utc>) -> Self {
+        Self {
+            id,
+            kind,
+            state: JobState::Queued,
+            attempt: 0,
+            max_attempts,
+            created_at,
+            updated_at: created_at,
+            progress: None,
+            result: None,
+            error: None,
+        }
+    }
+}
+
+/// One change to a job, published on `jobs.events.<kind>.<id>` by whoever made it.
+///
+/// Every event carries the job's fixed facts (`kind`, `max_attempts`, `created_at`) so the
+/// status service can create a snapshot from any event, in any order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobEvent {
+    pub job_id: JobId,
+    pub kind: Kind,
+    /// The run this event belongs to (1 for the first run).
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub created_at: DateTime<Utc>,
+    /// When the change happened.
+    pub at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub change: Change,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Change {
+    Started,
+    Progress(Progress),
+    /// The attempt failed and the job will run again after `retry_in_ms`.
+    Retrying {
+        error: String,
+        retry_in_ms: u64,
+    },
+    Succeeded {
+        result: Value,
+    },
+    Failed {
+        error: String,
+    },
+    Cancelled {
+        reason: String,
+    },
+}
+
+impl Change {
+    /// The short name used in `Nats-Msg-Id` and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Started => "started",
+            Self::Progress(_) => "progress",
+            Self::Retrying { .. } => "retrying",
+            Self::Succeeded { .. } => "succeeded",
+            Self::Failed { .. } => "failed",
+            Self::Cancelled { .. } => "cancelled",
+        }
+    }
+
+    /// The state a job is in right after this change.
+    pub fn state(&self) -> JobState {
+        match self {
+            Self::Started | Self::Progress(_) => JobState::Running,
+            Self::Retrying { .. } => JobState::Retrying,
+            Self::Succeeded { .. } => JobState::Succeeded,
+            Self::Failed { .. } => JobState::Failed,
+            Self::Cancelled { .. } => JobState::Cancelled,
+        }
+    }
+}
+
+impl JobEvent {
+    pub fn new(request: &JobRequest, attempt: u32, change: Change) -> Self {
+        Self {
+            job_id: request.id,
+            kind: request.kind.clone(),
+            attempt,
+            max_attempts: request.max_attempts,
+            created_at: request.created_at,
+            at: crate::job::now(),
+            change,
+        }
+    }
+
+    /// `Nats-Msg-Id` for this event: a re-published event is deduplicated by JetStream.
+    /// Progress events also carry their position, or every one after the first would be
+    /// dropped as a duplicate.
+    pub fn msg_id(&self) -> String {
+        match &self.change {
+            Change::Progress(p) => format!(
+                "{}.progress.{}.{}.{}",
+                self.job_id, self.attempt, p.current, p.total
+            ),
+            other => format!("{}.{}.{}", self.job_id, other.name(), self.attempt),
+        }
+    }
+}
+
+/// Why an event did not change a snapshot. None of these is an error: they are the
+/// normal result of at-least-once delivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Skip {
+    #[error("the job is already in a terminal state")]
+    Terminal,
+    #[error("the event belongs to an earlier attempt")]
+    StaleAttempt,
+    #[error("the snapshot already reflects this or a later change")]
+    NotNewer,
+    #[error("the event is for another job")]
+    OtherJob,
+}
+
+/// Decides whether `event` moves `current` forward, and if so returns the new snapshot.
+///
+/// The rules, in order:
+/// 1. Terminal states are final.
+/// 2. A cancellation ends any job that is not terminal, whatever attempt it is on.
+/// 3. An event from an earlier attempt than the snapshot's is stale.
+/// 4. A later attempt always moves forward.
+/// 5. Within one attempt the state may only go forward (`running < retrying < terminal`);
+///    progress only grows.
+pub fn apply(current: Option<&JobSnapshot>, event: &JobEvent) -> Result<JobSnapshot, Skip> {
+    let base = match current {
+        Some(snapshot) => {
+            if snapshot.id != event.job_id {
+                return Err(Skip::OtherJob);
+            }
+            if snapshot.state.is_terminal() {
+                return Err(Skip::Terminal);
+            }
+            let cancelling = matches!(event.change, Change::Cancelled { .. });
+            if !cancelling {
+                if event.attempt < snapshot.attempt {
+                    return Err(Skip::StaleAttempt);
+                }
+                if event.attempt == snapshot.attempt && !moves_forward(snapshot, &event.change) {
+                    return Err(Skip::NotNewer);
+                }
+            }
+            snapshot.clone()
+        }
+        None => JobSnapshot::new(
+            event.job_id,
+            event.kind.clone(),
+            event.max_attempts,
+            event.created_at,
+        ),
+    };
+
+    let mut next = base;
+    if event.attempt > next.attempt {
+        // A new run starts from a clean slate, except for the last error, which says
+        // why this is not the first run.
+        next.attempt = event.attempt;
+        next.progress = None;
+    }
+    next.state = event.change.state();
+    next.updated_at = event.at.max(next.updated_at);
+    match &event.change {
+        Change::Started => {}
+        Change::Progress(progress) => next.progress = Some(*progress),
+        Change::Retrying { error, .. } | Change::Failed { error } => {
+            next.error = Some(error.clone());
+        }
+        Change::Succeeded { result } => {
+            next.result = Some(result.clone());
+            next.error = None;
+        }
+        Change::Cancelled { reason } => next.error = Some(reason.clone()),
+    }
+    Ok(next)
+}
+
+/// Same attempt: does `change` come after what `snapshot` shows?
+fn moves_forward(snapshot: &JobSnapshot, change: &Change) -> bool {
+    let (from, to) = (snapshot.state.rank(), change.state().rank());
+    match change {
+        Change::Progress(progress) if from == to => snapshot
+            .progress
+            .is_none_or(|seen| progress.current > seen.current),
+        _ => to > from,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn request() -> JobRequest {
+        JobRequest {
+            id: JobId::new_v7(),
+            kind: Kind::new("hash").expect("kind"),
+            payload: json!({}),
+            max_attempts: 3,
+            timeout_secs: None,
+            created_at: crate::job::now(),
+        }
+    }
+
+    fn ev(req: &JobRequest, attempt: u32, change: Change) -> JobEvent {
+        JobEvent::new(req, attempt, change)
+    }
+
+    fn run(req: &JobRequest, events: &[JobEvent]) -> JobSnapshot {
+        let mut snap = Some(JobSnapshot::queued(req));
+        for event in events {
+            if let Ok(next) = apply(snap.as_ref(), event) {
+                snap = Some(next);
+            }
+        }
+        snap.expect("snapshot")
+    }
+
+    fn succeeded() -> Change {
+        Change::Succeeded {
+            result: json!({"ok": true}),
+        }
+    }
+
+    #[test]
+    fn the_happy_path_goes_queued_running_succeeded() {
+        let req = request();
+        let snap = run(
+            &req,
+            &[ev(&req, 1, Change::Started), ev(&req, 1, succeeded())],
+        );
+        assert_eq!(snap.state, JobState::Succeeded);
+        assert_eq!(snap.attempt, 1);
+        assert_eq!(snap.result, Some(json!({"ok": true})));
+    }
+
+    #[test]
+    fn an_event_for_a_missing_snapshot_creates_it() {
+        let req = request();
+        let snap = apply(None, &ev(&req, 1, succeeded())).expect("applied");
+        assert_eq!(snap.state, JobState::Succeeded);
+        assert_eq!(snap.max_attempts, 3);
+        assert_eq!(snap.created_at, req.created_at);
+    }
+
+    #[test]
+    fn terminal_states_are_final() {
+        let req = request();
+        let done = run(&req, &[ev(&req, 1, succeeded())]);
+        for change in [
+            Change::Started,
+            Change::Progress(Progress {
+                current: 9,
+                total: 10,
+            }),
+            Change::Failed { error: "x".into() },
+            Change::Cancelled { reason: "x".into() },
+        ] {
+            assert_eq!(
+                apply(Some(&done), &ev(&req, 2, change)),
+                Err(Skip::Terminal)
+            );
+        }
+    }
+
+    #[test]
+    fn a_redelivered_or_late_event_never_moves_a_job_back() {
+        let req = request();
+        let retrying = run(
+            &req,
+            &[
+                ev(&req, 1, Change::Started),
+                ev(
+                    &req,
+                    1,
+                    Change::Retrying {
+                        error: "boom".into(),
+                        retry_in_ms: 10,
+                    },
+                ),
+            ],
+        );
+        assert_eq!(retrying.state, JobState::Retrying);
+        // The `started` of the same attempt, redelivered.
+        assert_eq!(
+            apply(Some(&retrying), &ev(&req, 1, Change::Started)),
+            Err(Skip::NotNewer)
+        );
+        let second = apply(Some(&retrying), &ev(&req, 2, Change::Started)).expect("attempt 2");
+        assert_eq!((second.state, second.attempt), (JobState::Running, 2));
+        assert_eq!(second.error.as_deref(), Some("boom"));
+        // A stale worker of attempt 1 finishing late changes nothing.
+        assert_eq!(
+            apply(Some(&second), &ev(&req, 1, succeeded())),
+            Err(Skip::StaleAttempt)
+        );
+    }
+
+    #[test]
+    fn progress_only_grows() {
+        let req = request();
+        let p = |current| Change::Progress(Progress { current, total: 10 });
+        let snap = run(
+            &req,
+            &[ev(&req, 1, p(5)), ev(&req, 1, p(3)), ev(&req, 1, p(5))],
+        );
+        assert_eq!(snap.progress.map(|p| p.current), Some(5));
+        assert_eq!(snap.state, JobState::Running);
+    }
+
+    #[test]
+    fn cancellation_ends_any_live_attempt() {
+        let req = request();
+        let running = run(&req, &[ev(&req, 2, Change::Started)]);
+        let cancelled = apply(
+            Some(&running),
+            &ev(
+                &req,
+                0,
+                Change::Cancelled {
+                    reason: "by client".into(),
+                },
+            ),
+        )
+        .expect("cancel applies");
+        assert_eq!(
+            (cancelled.state, cancelled.attempt),
+            (JobState::Cancelled, 2)
+        );
+    }
+
+    #[test]
+    fn every_order_of_one_runs_events_ends_in_the_same_snapshot() {
+        let req = request();
+        let events = [
+            ev(&req, 1, Change::Started),
+            ev(
+                &req,
+                1,
+                Change::Progress(Progress {
+                    current: 1,
+                    total: 2,
+                }),
+            ),
+            ev(
+                &req,
+                1,
+                Change::Retrying {
+                    error: "e".into(),
+                    retry_in_ms: 1,
+                },
+            ),
+            ev(&req, 2, Change::Started),
+            ev(&req, 2, succeeded()),
+        ];
+        let expected = run(&req, &events);
+        // All 120 permutations, each also with every event delivered twice.
+        let mut order: Vec<usize> = (0..events.len()).collect();
+        permute(&mut order, 0, &mut |perm| {
+            let shuffled: Vec<JobEvent> = perm
+                .iter()
+                .flat_map(|&i| [events[i].clone(), events[i].clone()])
+                .collect();
+            let snap = run(&req, &shuffled);
+            assert_eq!(snap.state, expected.state);
+            assert_eq!(snap.attempt, expected.attempt);
+            assert_eq!(snap.result, expected.result);
+        });
+    }
+
+    fn permute(items: &mut Vec<usize>, k: usize, visit: &mut impl FnMut(&[usize])) {
+        if k == items.len() {
+            visit(items);
+            return;
+        }
+        for i in k..items.len() {
+            items.swap(k, i);
+            permute(items, k + 1, visit);
+            items.swap(k, i);
+        }
+    }
+}
