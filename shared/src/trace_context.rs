@@ -42,3 +42,8 @@ pub fn extract(headers: Option<&HeaderMap>) -> opentelemetry::Context {
         None => opentelemetry::Context::new(),
     }
 }
+
+/// Writes the current context (the active span, once tracing exports) into `headers`.
+pub fn inject_current(headers: &mut HeaderMap) {
+    inject(&opentelemetry::Context::current(), headers);
+}

@@ -1,0 +1,106 @@
+//! `jetjobs-admin`: provisions and checks the NATS layout. Runs with an admin user
+//! (the local runner, the compose `provision` step); services themselves only check.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use jetjobs::config::NatsArgs;
+use jetjobs::layout::{self, Layout};
+
+#[derive(Parser, Debug)]
+#[command(name = "jetjobs-admin", version, about = "Provision and check the jetjobs NATS layout.")]
+struct Cli {
+    #[command(flatten)]
+    nats: NatsArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create or update every stream, consumer and KV bucket. Safe to run again.
+    Provision(LayoutArgs),
+    /// Print the layout that `provision` would create, as JSON-ish text, without touching NATS.
+    Show(LayoutArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct LayoutArgs {
+    /// Replicas of every stream and bucket (3 on a three-node cluster).
+    #[arg(long, env = "JETJOBS_REPLICAS", default_value_t = 1)]
+    replicas: usize,
+    /// Keep streams in memory instead of on disk (tests and demos only: loses jobs on restart).
+    #[arg(long, env = "JETJOBS_MEMORY_STORAGE")]
+    memory: bool,
+    /// Jobs the JOBS stream holds before the gateway answers 503.
+    #[arg(long, env = "JETJOBS_JOBS_MAX_MSGS", default_value_t = 1_000_000)]
+    jobs_max_msgs: i64,
+    /// Bytes the JOBS stream holds before the gateway answers 503.
+    #[arg(long, env = "JETJOBS_JOBS_MAX_BYTES", default_value_t = 1 << 30)]
+    jobs_max_bytes: i64,
+    /// How long a running job may go without a heartbeat before it is redelivered.
+    #[arg(long, env = "JETJOBS_ACK_WAIT_SECS", default_value_t = 30)]
+    ack_wait_secs: u64,
+    /// Jobs a processor consumer may have in flight, over all its replicas.
+    #[arg(long, env = "JETJOBS_MAX_ACK_PENDING", default_value_t = 10_000)]
+    max_ack_pending: i64,
+    /// Window in which a re-published job or event is dropped as a duplicate.
+    #[arg(long, env = "JETJOBS_DUPLICATE_WINDOW_SECS", default_value_t = 120)]
+    duplicate_window_secs: u64,
+    /// How long events and snapshots are kept.
+    #[arg(long, env = "JETJOBS_RETENTION_HOURS", default_value_t = 168)]
+    retention_hours: u64,
+}
+
+impl LayoutArgs {
+    fn layout(&self) -> Layout {
+        Layout {
+            replicas: self.replicas,
+            storage: if self.memory {
+                async_nats::jetstream::stream::StorageType::Memory
+            } else {
+                async_nats::jetstream::stream::StorageType::File
+            },
+            jobs_max_msgs: self.jobs_max_msgs,
+            jobs_max_bytes: self.jobs_max_bytes,
+            ack_wait: Duration::from_secs(self.ack_wait_secs),
+            max_ack_pending: self.max_ack_pending,
+            duplicate_window: Duration::from_secs(self.duplicate_window_secs),
+            retention: Duration::from_secs(self.retention_hours * 3600),
+            processors: vec![jetjobs_processor_io::spec(), jetjobs_processor_cpu::spec()],
+            ..Layout::default()
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    jetjobs::telemetry::init("admin");
+    match cli.command {
+        Command::Provision(args) => {
+            let client = cli.nats.connect("admin").await?;
+            let js = async_nats::jetstream::new(client.clone());
+            let report = layout::provision(&js, &args.layout())
+                .await
+                .context("provisioning the NATS layout")?;
+            print!("{report}");
+            client.flush().await.context("flushing NATS")?;
+        }
+        Command::Show(args) => {
+            let layout = args.layout();
+            println!("{:#?}", layout.jobs_stream());
+            println!("{:#?}", layout.events_stream());
+            println!("{:#?}", layout.dead_stream());
+            for bucket in layout.buckets() {
+                println!("{bucket:#?}");
+            }
+            for spec in &layout.processors {
+                println!("{:#?}", layout.processor_consumer(spec));
+            }
+            println!("{:#?}", layout.status_consumer());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,105 @@
+//! The gateway's view of `job_kinds`: kept in memory by a KV watch, so accepting a job
+//! costs no extra round trip, with a direct read on a miss so a processor that has just
+//! registered is never refused.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use async_nats::jetstream::kv;
+use futures::StreamExt as _;
+use jetjobs::Kind;
+use jetjobs::kinds::{self, KindInfo, RegistryError};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone)]
+pub struct KindCache {
+    bucket: kv::Store,
+    known: Arc<RwLock<BTreeMap<Kind, KindInfo>>>,
+}
+
+impl KindCache {
+    /// Starts the watch; it stops with `shutdown`.
+    pub fn start(bucket: kv::Store, shutdown: CancellationToken) -> Self {
+        let cache = Self {
+            bucket,
+            known: Arc::default(),
+        };
+        let watcher = cache.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = watcher.watch() => {}
+                () = shutdown.cancelled() => {}
+            }
+        });
+        cache
+    }
+
+    async fn watch(&self) {
+        loop {
+            match self.bucket.watch_with_history(">").await {
+                Ok(mut entries) => {
+                    while let Some(entry) = entries.next().await {
+                        match entry {
+                            Ok(entry) => self.apply(&entry),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "Kind registry watch interrupted.");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "Cannot watch the kind registry."),
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    }
+
+    fn apply(&self, entry: &kv::Entry) {
+        let Ok(kind) = Kind::new(entry.key.clone()) else {
+            return;
+        };
+        let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
+        match entry.operation {
+            kv::Operation::Put => match kinds::decode(&entry.key, &entry.value) {
+                Ok(info) => {
+                    known.insert(kind, info);
+                }
+                Err(e) => tracing::warn!(error = %e, "Ignoring a bad kind registration."),
+            },
+            kv::Operation::Delete | kv::Operation::Purge => {
+                known.remove(&kind);
+            }
+        }
+    }
+
+    pub async fn lookup(&self, kind: &Kind) -> Result<Option<KindInfo>, RegistryError> {
+        if let Some(info) = self
+            .known
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(kind)
+        {
+            return Ok(Some(info.clone()));
+        }
+        let info = kinds::lookup(&self.bucket, kind).await?;
+        if let Some(info) = &info {
+            self.known
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(kind.clone(), info.clone());
+        }
+        Ok(info)
+    }
+
+    /// Every registered kind, read from the bucket (not the cache) so the list is current.
+    pub async fn all(&self) -> Result<Vec<String>, RegistryError> {
+        let keys = self
+            .bucket
+            .keys()
+            .await
+            .map_err(|e| RegistryError::Nats(e.into()))?;
+        let mut kinds: Vec<String> = keys.filter_map(|k| async move { k.ok() }).collect().await;
+        kinds.sort();
+        Ok(kinds)
+    }
+}

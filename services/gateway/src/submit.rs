@@ -1,0 +1,307 @@
+//! Accepting a job: validate, claim the id (idempotency), publish to `JOBS`, write the
+//! first snapshot.
+//!
+//! The order is what makes the invariants hold:
+//! 1. A claim in `job_idempotency` (create-only) decides which request owns an id or an
+//!    `Idempotency-Key`; every later request with the same id/key and the same body
+//!    converges on the same job, one with a different body is refused.
+//! 2. The job is published with `Nats-Msg-Id` = job id, so racing or retried publishes of
+//!    the same job are one message.
+//! 3. Only after the PubAck is the `queued` snapshot created (create-only: the status
+//!    service may already have written a later one for a fast job), and only then does
+//!    the client get its 202. So a 202 always means "in the stream and readable".
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, context::PublishErrorKind, kv};
+use bytes::Bytes;
+use jetjobs::job::{JobRequest, MAX_ATTEMPTS_LIMIT, MAX_TIMEOUT_SECS, now};
+use jetjobs::subjects::{self, headers};
+use jetjobs::{JobId, JobSnapshot, Kind};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// The body of `POST /v1/jobs` and `PUT /v1/jobs/{id}`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitBody {
+    /// Only on PUT, and then it must equal the path's id.
+    #[serde(default, skip_serializing)]
+    pub id: Option<uuid::Uuid>,
+    pub kind: Kind,
+    #[serde(default = "empty_object")]
+    pub payload: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+}
+
+fn empty_object() -> Value {
+    json!({})
+}
+
+/// How a job id was chosen, which decides what a repeat means.
+pub enum Identity {
+    /// `POST` without a key: a fresh UUIDv7, no claim needed.
+    Fresh,
+    /// `PUT /v1/jobs/{id}`.
+    ClientId(JobId),
+    /// `POST` with `Idempotency-Key`.
+    IdempotencyKey(String),
+}
+
+pub enum Accepted {
+    /// This request created the job.
+    Created(Bytes),
+    /// An earlier request with the same id or key created it; here is its current snapshot.
+    Replayed(Bytes),
+}
+
+#[derive(Serialize, Deserialize)]
+struct Claim {
+    job_id: JobId,
+    fingerprint: String,
+}
+
+pub async fn submit(
+    state: &AppState,
+    identity: Identity,
+    body: SubmitBody,
+) -> Result<Accepted, ApiError> {
+    let info = match state.kinds.lookup(&body.kind).await {
+        Ok(Some(info)) => info,
+        Ok(None) => return Err(unknown_kind(state, &body.kind).await),
+        Err(e) => return Err(ApiError::unavailable(format!("cannot read the kind registry: {e}"), 1)),
+    };
+    if let Some(n) = body.max_attempts
+        && !(1..=MAX_ATTEMPTS_LIMIT).contains(&n)
+    {
+        return Err(ApiError::invalid(format!(
+            "max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}, got {n}"
+        )));
+    }
+    if let Some(secs) = body.timeout_secs
+        && !(1..=MAX_TIMEOUT_SECS).contains(&secs)
+    {
+        return Err(ApiError::invalid(format!(
+            "timeout_secs must be between 1 and {MAX_TIMEOUT_SECS}, got {secs}"
+        )));
+    }
+
+    let fingerprint = fingerprint(&body)?;
+    let (id, claim_key, repeat) = match identity {
+        Identity::Fresh => (JobId::new_v7(), None, false),
+        Identity::ClientId(id) => {
+            let key = format!("id.{id}");
+            match claim(state, &key, id, &fingerprint).await? {
+                ClaimOutcome::Won => (id, Some(key), false),
+                ClaimOutcome::Held(held) if held.fingerprint == fingerprint => (id, None, true),
+                ClaimOutcome::Held(_) => {
+                    return Err(ApiError::conflict(format!(
+                        "job {id} already exists with a different kind, payload or options"
+                    )));
+                }
+            }
+        }
+        Identity::IdempotencyKey(idempotency_key) => {
+            let key = format!("key.{}", hex(&Sha256::digest(idempotency_key.as_bytes())));
+            let candidate = JobId::new_v7();
+            match claim(state, &key, candidate, &fingerprint).await? {
+                ClaimOutcome::Won => (candidate, Some(key), false),
+                ClaimOutcome::Held(held) if held.fingerprint == fingerprint => {
+                    (held.job_id, None, true)
+                }
+                ClaimOutcome::Held(_) => {
+                    return Err(ApiError::new(
+                        axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                        "idempotency-key-reused",
+                        "this Idempotency-Key was already used with a different request body",
+                    ));
+                }
+            }
+        }
+    };
+
+    if repeat {
+        // The job may be long finished and gone from JOBS: never publish it again if
+        // it has a snapshot. Without one, the first request is still on its way (or died
+        // between claim and publish), and publishing the same job again is safe.
+        if let Some(snapshot) = read_snapshot(state, id).await? {
+            return Ok(Accepted::Replayed(snapshot));
+        }
+    }
+
+    let request = JobRequest {
+        id,
+        kind: body.kind,
+        payload: body.payload,
+        max_attempts: body.max_attempts.unwrap_or(info.max_attempts),
+        timeout_secs: body.timeout_secs,
+        created_at: now(),
+    };
+    if let Err(e) = publish(state, &request).await {
+        if let Some(key) = claim_key {
+            // Nothing was accepted: free the id/key so the client's retry starts clean.
+            if let Err(e) = state.claims.delete(&key).await {
+                tracing::warn!(%key, error = %e, "Could not release a claim after a failed publish.");
+            }
+        }
+        return Err(e);
+    }
+    let snapshot = write_first_snapshot(state, &request).await?;
+    Ok(if repeat {
+        Accepted::Replayed(snapshot)
+    } else {
+        Accepted::Created(snapshot)
+    })
+}
+
+async fn unknown_kind(state: &AppState, kind: &Kind) -> ApiError {
+    let kinds = state.kinds.all().await.unwrap_or_default();
+    let detail = if kinds.is_empty() {
+        format!("unknown kind {kind:?}: no processor has registered any kind yet")
+    } else {
+        format!(
+            "unknown kind {kind:?}; registered kinds: {}",
+            kinds.join(", ")
+        )
+    };
+    ApiError::new(axum::http::StatusCode::UNPROCESSABLE_ENTITY, "unknown-kind", detail)
+        .with("kinds", json!(kinds))
+}
+
+/// A stable digest of everything that defines the job, to tell a retry from a new request.
+fn fingerprint(body: &SubmitBody) -> Result<String, ApiError> {
+    // serde_json's maps are sorted, so equal bodies serialize to equal bytes.
+    let canonical = serde_json::to_vec(body).map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(hex(&Sha256::digest(&canonical)))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+enum ClaimOutcome {
+    Won,
+    Held(Claim),
+}
+
+async fn claim(
+    state: &AppState,
+    key: &str,
+    id: JobId,
+    fingerprint: &str,
+) -> Result<ClaimOutcome, ApiError> {
+    let value = serde_json::to_vec(&Claim {
+        job_id: id,
+        fingerprint: fingerprint.to_string(),
+    })
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    match state.claims.create(key, value.into()).await {
+        Ok(_) => Ok(ClaimOutcome::Won),
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+            let held = state
+                .claims
+                .get(key)
+                .await
+                .map_err(|e| nats_unavailable("reading an idempotency claim", e))?
+                .ok_or_else(|| ApiError::unavailable("an idempotency claim changed while it was read; retry", 1))?;
+            let held: Claim = serde_json::from_slice(&held)
+                .map_err(|e| ApiError::internal(format!("a stored idempotency claim is invalid: {e}")))?;
+            Ok(ClaimOutcome::Held(held))
+        }
+        Err(e) => Err(nats_unavailable("recording the idempotency claim", e)),
+    }
+}
+
+async fn publish(state: &AppState, request: &JobRequest) -> Result<(), ApiError> {
+    let payload = serde_json::to_vec(request).map_err(|e| ApiError::internal(e.to_string()))?;
+    let mut message_headers = HeaderMap::new();
+    message_headers.insert(headers::MSG_ID, request.id.to_string().as_str());
+    message_headers.insert(headers::KIND, request.kind.as_str());
+    message_headers.insert(headers::JOB_ID, request.id.to_string().as_str());
+    jetjobs::trace_context::inject_current(&mut message_headers);
+    let sent = state
+        .js
+        .publish_with_headers(subjects::submit(&request.kind), message_headers, payload.into())
+        .await;
+    let acked = match sent {
+        Ok(ack) => ack.await,
+        Err(e) => Err(e),
+    };
+    acked.map(|_| ()).map_err(publish_error)
+}
+
+fn publish_error(e: jetstream::context::PublishError) -> ApiError {
+    match e.kind() {
+        PublishErrorKind::MaxPayloadExceeded => ApiError::too_large(
+            "the job is larger than the NATS server accepts in one message",
+        ),
+        PublishErrorKind::StreamNotFound => {
+            ApiError::unavailable("the JOBS stream is missing; the system is not provisioned", 5)
+        }
+        _ => {
+            let text = e.to_string();
+            if text.contains("maximum messages") || text.contains("maximum bytes") {
+                ApiError::unavailable(
+                    "the job queue is full; retry later",
+                    5,
+                )
+                .with("queue", json!("full"))
+            } else {
+                ApiError::unavailable(format!("the job could not be queued: {text}"), 1)
+            }
+        }
+    }
+}
+
+async fn write_first_snapshot(state: &AppState, request: &JobRequest) -> Result<Bytes, ApiError> {
+    let snapshot = JobSnapshot::queued(request);
+    let bytes: Bytes = serde_json::to_vec(&snapshot)
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .into();
+    let key = request.id.to_string();
+    let mut last_error = None;
+    for _ in 0..3 {
+        match state.status.create(&key, bytes.clone()).await {
+            Ok(_) => return Ok(bytes),
+            // The status service got there first: its snapshot is newer than ours.
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                if let Some(current) = read_snapshot(state, request.id).await? {
+                    return Ok(current);
+                }
+            }
+            Err(e) => last_error = Some(e.to_string()),
+        }
+    }
+    // The job is queued and will run; only its first snapshot is missing, and the status
+    // service will write one as soon as the job starts.
+    Err(ApiError::unavailable(
+        format!(
+            "job {} was queued but its status could not be recorded ({}); retry with the same id or Idempotency-Key to get it",
+            request.id,
+            last_error.unwrap_or_default()
+        ),
+        1,
+    ))
+}
+
+pub async fn read_snapshot(state: &AppState, id: JobId) -> Result<Option<Bytes>, ApiError> {
+    state
+        .status
+        .get(id.to_string())
+        .await
+        .map_err(|e| nats_unavailable("reading the job status", e))
+}
+
+pub fn nats_unavailable(what: &str, e: impl std::fmt::Display) -> ApiError {
+    ApiError::unavailable(format!("{what} failed: {e}"), 1)
+}
