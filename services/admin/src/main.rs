@@ -9,7 +9,11 @@ use jetjobs::config::NatsArgs;
 use jetjobs::layout::{self, Layout};
 
 #[derive(Parser, Debug)]
-#[command(name = "jetjobs-admin", version, about = "Provision and check the jetjobs NATS layout.")]
+#[command(
+    name = "jetjobs-admin",
+    version,
+    about = "Provision and check the jetjobs NATS layout."
+)]
 struct Cli {
     #[command(flatten)]
     nats: NatsArgs,

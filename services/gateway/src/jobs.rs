@@ -51,10 +51,12 @@ pub async fn put(
             "the body's id {body_id} differs from the path's id {id}"
         )));
     }
-    Ok(match submit::submit(&state, Identity::ClientId(id), body).await? {
-        Accepted::Created(snapshot) => accepted(StatusCode::ACCEPTED, snapshot, false)?,
-        Accepted::Replayed(snapshot) => accepted(StatusCode::OK, snapshot, true)?,
-    })
+    Ok(
+        match submit::submit(&state, Identity::ClientId(id), body).await? {
+            Accepted::Created(snapshot) => accepted(StatusCode::ACCEPTED, snapshot, false)?,
+            Accepted::Replayed(snapshot) => accepted(StatusCode::OK, snapshot, true)?,
+        },
+    )
 }
 
 /// `GET /v1/jobs/{id}`: the job's snapshot.
@@ -113,7 +115,10 @@ fn accepted(status: StatusCode, snapshot: Bytes, replayed: bool) -> Result<Respo
 fn json_response(status: StatusCode, body: Bytes) -> Response {
     (
         status,
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         body,
     )
         .into_response()

@@ -75,7 +75,12 @@ pub async fn submit(
     let info = match state.kinds.lookup(&body.kind).await {
         Ok(Some(info)) => info,
         Ok(None) => return Err(unknown_kind(state, &body.kind).await),
-        Err(e) => return Err(ApiError::unavailable(format!("cannot read the kind registry: {e}"), 1)),
+        Err(e) => {
+            return Err(ApiError::unavailable(
+                format!("cannot read the kind registry: {e}"),
+                1,
+            ));
+        }
     };
     if let Some(n) = body.max_attempts
         && !(1..=MAX_ATTEMPTS_LIMIT).contains(&n)
@@ -170,8 +175,12 @@ async fn unknown_kind(state: &AppState, kind: &Kind) -> ApiError {
             kinds.join(", ")
         )
     };
-    ApiError::new(axum::http::StatusCode::UNPROCESSABLE_ENTITY, "unknown-kind", detail)
-        .with("kinds", json!(kinds))
+    ApiError::new(
+        axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+        "unknown-kind",
+        detail,
+    )
+    .with("kinds", json!(kinds))
 }
 
 /// A stable digest of everything that defines the job, to tell a retry from a new request.
@@ -183,10 +192,12 @@ fn fingerprint(body: &SubmitBody) -> Result<String, ApiError> {
 
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 enum ClaimOutcome {
@@ -213,9 +224,15 @@ async fn claim(
                 .get(key)
                 .await
                 .map_err(|e| nats_unavailable("reading an idempotency claim", e))?
-                .ok_or_else(|| ApiError::unavailable("an idempotency claim changed while it was read; retry", 1))?;
-            let held: Claim = serde_json::from_slice(&held)
-                .map_err(|e| ApiError::internal(format!("a stored idempotency claim is invalid: {e}")))?;
+                .ok_or_else(|| {
+                    ApiError::unavailable(
+                        "an idempotency claim changed while it was read; retry",
+                        1,
+                    )
+                })?;
+            let held: Claim = serde_json::from_slice(&held).map_err(|e| {
+                ApiError::internal(format!("a stored idempotency claim is invalid: {e}"))
+            })?;
             Ok(ClaimOutcome::Held(held))
         }
         Err(e) => Err(nats_unavailable("recording the idempotency claim", e)),
@@ -231,7 +248,11 @@ async fn publish(state: &AppState, request: &JobRequest) -> Result<(), ApiError>
     jetjobs::trace_context::inject_current(&mut message_headers);
     let sent = state
         .js
-        .publish_with_headers(subjects::submit(&request.kind), message_headers, payload.into())
+        .publish_with_headers(
+            subjects::submit(&request.kind),
+            message_headers,
+            payload.into(),
+        )
         .await;
     let acked = match sent {
         Ok(ack) => ack.await,
@@ -242,20 +263,18 @@ async fn publish(state: &AppState, request: &JobRequest) -> Result<(), ApiError>
 
 fn publish_error(e: jetstream::context::PublishError) -> ApiError {
     match e.kind() {
-        PublishErrorKind::MaxPayloadExceeded => ApiError::too_large(
-            "the job is larger than the NATS server accepts in one message",
-        ),
-        PublishErrorKind::StreamNotFound => {
-            ApiError::unavailable("the JOBS stream is missing; the system is not provisioned", 5)
+        PublishErrorKind::MaxPayloadExceeded => {
+            ApiError::too_large("the job is larger than the NATS server accepts in one message")
         }
+        PublishErrorKind::StreamNotFound => ApiError::unavailable(
+            "the JOBS stream is missing; the system is not provisioned",
+            5,
+        ),
         _ => {
             let text = e.to_string();
             if text.contains("maximum messages") || text.contains("maximum bytes") {
-                ApiError::unavailable(
-                    "the job queue is full; retry later",
-                    5,
-                )
-                .with("queue", json!("full"))
+                ApiError::unavailable("the job queue is full; retry later", 5)
+                    .with("queue", json!("full"))
             } else {
                 ApiError::unavailable(format!("the job could not be queued: {text}"), 1)
             }

@@ -1,1 +1,19 @@
-//! placeholder
+//! `jetjobs-loadgen`: submits many jobs through the gateway and reports throughput and
+//! latency, from the submit request to the job's terminal state.
+//!
+//! - [`args`]: the command line;
+//! - [`run`]: submits over HTTP while watching the `job_status` bucket for outcomes;
+//! - [`tracker`]: per-job bookkeeping and the latency histograms;
+//! - [`report`]: the [`Summary`], as a table or JSON.
+
+pub mod args;
+pub mod report;
+pub mod run;
+pub mod tracker;
+
+pub use args::Args;
+pub use report::{Percentiles, Summary};
+pub use run::{run, run_until};
+
+/// The NATS connection name (`nats server report connections`).
+pub const NAME: &str = "loadgen";

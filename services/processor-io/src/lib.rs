@@ -1,1 +1,72 @@
-//! placeholder
+//! `processor-io`: the processor for I/O-bound kinds.
+//!
+//! - `sleep`: waits `ms` milliseconds without holding a thread (a stand-in for calling a
+//!   slow API), stopping early when the job is cancelled;
+//! - `noop`: does nothing, as cheaply as possible, so benchmarks measure the pipeline.
+
+pub mod kinds;
+
+use clap::Parser;
+use jetjobs::config::NatsArgs;
+use jetjobs::layout::ProcessorSpec;
+use jetjobs::processor::{Processor, RuntimeConfig};
+use tokio_util::sync::CancellationToken;
+
+/// Service name: the NATS connection name and the durable consumer on `JOBS`.
+pub const NAME: &str = "processor-io";
+
+pub const DEFAULT_SLEEP_MAX_MS: u64 = 60_000;
+
+#[derive(Parser, Clone, Debug)]
+#[command(
+    name = "jetjobs-processor-io",
+    version,
+    about = "jetjobs processor for I/O-bound kinds: sleep, noop."
+)]
+pub struct Config {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[command(flatten)]
+    pub runtime: RuntimeConfig,
+    /// Longest `sleep` a job may ask for; a longer one fails at once, without retries.
+    #[arg(long, env = "JETJOBS_SLEEP_MAX_MS", default_value_t = DEFAULT_SLEEP_MAX_MS)]
+    pub sleep_max_ms: u64,
+}
+
+impl Config {
+    /// The defaults, against a NATS server at `nats_url`, ignoring the environment
+    /// (so a test is not changed by whatever `JETJOBS_*` the shell exports).
+    pub fn local(nats_url: impl Into<String>) -> Self {
+        Self {
+            nats: NatsArgs::local(nats_url),
+            runtime: RuntimeConfig::default(),
+            sleep_max_ms: DEFAULT_SLEEP_MAX_MS,
+        }
+    }
+}
+
+/// The processor with every kind this service serves.
+pub fn processor(config: &Config) -> Processor {
+    Processor::new(NAME)
+        .handler(kinds::sleep::Sleep::new(config.sleep_max_ms))
+        .handler(kinds::noop::Noop)
+}
+
+/// The consumer name and kinds, for provisioning; independent of any config.
+pub fn spec() -> ProcessorSpec {
+    processor(&Config::local("nats://127.0.0.1:4222")).spec()
+}
+
+/// Connects to NATS and runs jobs until `shutdown` is cancelled, then finishes or
+/// releases the jobs in flight.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let client = config.nats.connect(NAME).await?;
+    processor(&config)
+        .run(client.clone(), config.runtime.clone(), shutdown)
+        .await?;
+    // Lets what the runtime published (outcome events, acks) reach the server before exit.
+    if let Err(e) = client.drain().await {
+        tracing::warn!(error = %e, "Could not drain the NATS connection.");
+    }
+    Ok(())
+}

@@ -19,7 +19,11 @@ pub use projector::Projector;
 pub const NAME: &str = "status";
 
 #[derive(clap::Parser, Clone, Debug)]
-#[command(name = "jetjobs-status", version, about = "Projects job events into KV job_status.")]
+#[command(
+    name = "jetjobs-status",
+    version,
+    about = "Projects job events into KV job_status."
+)]
 pub struct Config {
     #[command(flatten)]
     pub nats: NatsArgs,
@@ -77,9 +81,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .await
         .map_err(|e| anyhow::anyhow!("opening consumer status-projector: {e}"))?;
     tracing::info!(shards = config.shards, "Status service started.");
-    Projector::new(bucket, config.shards, config.shard_buffer, config.cache_per_shard)
-        .run(consumer, config.batch, shutdown)
-        .await;
+    Projector::new(
+        bucket,
+        config.shards,
+        config.shard_buffer,
+        config.cache_per_shard,
+    )
+    .run(consumer, config.batch, shutdown)
+    .await;
     if let Err(e) = tokio::time::timeout(Duration::from_secs(5), client.flush()).await {
         tracing::warn!(error = %e, "Could not flush acks on shutdown.");
     }

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, kv};
 use futures::StreamExt as _;
-use jetjobs::state::{self, JobEvent, JobSnapshot};
 use jetjobs::JobId;
+use jetjobs::state::{self, JobEvent, JobSnapshot};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Runs the whole test suite against real nats-server processes.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+. deploy/local/nats-server.sh
+echo "Using $("$NATS_SERVER_BIN" --version) at $NATS_SERVER_BIN" >&2
+# The crash tests start the real service binaries, so build them first.
+cargo build --workspace --bins
+cargo test --workspace "$@"

@@ -1,0 +1,364 @@
+//! Starting a whole jetjobs system in-process, and talking to it like a client.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use clap::Parser as _;
+use futures::StreamExt as _;
+use jetjobs::layout::{self, Layout};
+use jetjobs::testing::NatsServer;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const ALL_KINDS: [&str; 4] = ["hash", "noop", "sleep", "thumbnail"];
+
+/// Knobs a scenario may turn.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub ack_wait: Duration,
+    pub cpu_concurrency: usize,
+    pub run_io: bool,
+    pub run_status: bool,
+    pub max_body_bytes: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            ack_wait: Duration::from_secs(30),
+            cpu_concurrency: 2,
+            run_io: true,
+            run_status: true,
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// One service running in-process, stopped on drop.
+pub struct Component {
+    shutdown: CancellationToken,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Component {
+    fn spawn<F>(name: &'static str, run: impl FnOnce(CancellationToken) -> F) -> Self
+    where
+        F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let shutdown = CancellationToken::new();
+        let future = run(shutdown.clone());
+        let handle = tokio::spawn(async move {
+            if let Err(e) = future.await {
+                panic!("{name} failed: {e:#}");
+            }
+        });
+        Self {
+            shutdown,
+            handle: Some(handle),
+        }
+    }
+
+    /// A clean stop: the service finishes in-flight work first.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(handle) = self.handle.take() {
+            handle.await.expect("component task");
+        }
+    }
+}
+
+impl Drop for Component {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub struct System {
+    pub nats: NatsServer,
+    pub js: jetstream::Context,
+    pub http: reqwest::Client,
+    pub base: String,
+    pub status: Option<Component>,
+    /// Gateway and processors, running until the system is dropped.
+    _services: Vec<Component>,
+}
+
+impl System {
+    pub async fn start() -> Self {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(options: Options) -> Self {
+        let nats = NatsServer::start();
+        let client = nats.client().await;
+        let js = jetstream::new(client);
+        let layout = Layout {
+            ack_wait: options.ack_wait,
+            processors: vec![jetjobs_processor_io::spec(), jetjobs_processor_cpu::spec()],
+            ..Layout::default()
+        };
+        layout::provision(&js, &layout).await.expect("provision");
+
+        let url = nats.url();
+        let status = options.run_status.then(|| start_status(&url));
+        let io = options.run_io.then(|| start_io(&url));
+        let cpu = Some(start_cpu(&url, options.cpu_concurrency));
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let mut gateway_config = jetjobs_gateway::Config::local(&url);
+        gateway_config.max_body_bytes = options.max_body_bytes;
+        let gateway = Component::spawn("gateway", move |shutdown| {
+            jetjobs_gateway::run(gateway_config, Some(listener), shutdown)
+        });
+
+        let system = Self {
+            nats,
+            js,
+            http: reqwest::Client::new(),
+            base,
+            status,
+            _services: [Some(gateway), io, cpu].into_iter().flatten().collect(),
+        };
+        let expected: &[&str] = if options.run_io {
+            &ALL_KINDS
+        } else {
+            &["hash", "thumbnail"]
+        };
+        system.wait_for_kinds(expected).await;
+        system
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Waits until the processors have registered `kinds` (they do so as they start).
+    pub async fn wait_for_kinds(&self, kinds: &[&str]) {
+        let bucket = self
+            .js
+            .get_key_value(layout::KINDS_BUCKET)
+            .await
+            .expect("job_kinds");
+        eventually(Duration::from_secs(20), || async {
+            for kind in kinds {
+                if bucket.get(*kind).await.ok().flatten().is_none() {
+                    return None;
+                }
+            }
+            Some(())
+        })
+        .await
+        .expect("processors registered their kinds");
+    }
+
+    pub async fn post(&self, body: &Value) -> reqwest::Response {
+        self.http
+            .post(self.url("/v1/jobs"))
+            .json(body)
+            .send()
+            .await
+            .expect("POST /v1/jobs")
+    }
+
+    /// Submits a job and returns the 202 body.
+    pub async fn submit(&self, kind: &str, payload: Value) -> Value {
+        let response = self.post(&json!({"kind": kind, "payload": payload})).await;
+        assert_eq!(response.status(), StatusCode::ACCEPTED, "submit {kind}");
+        response.json().await.expect("snapshot")
+    }
+
+    pub async fn get_job(&self, id: &str) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .get(self.url(&format!("/v1/jobs/{id}")))
+            .send()
+            .await
+            .expect("GET job");
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Polls the job until `done` says so, and returns that snapshot.
+    pub async fn wait_for(
+        &self,
+        id: &str,
+        timeout: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let mut last = Value::Null;
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let (status, snapshot) = self.get_job(id).await;
+            assert_eq!(status, StatusCode::OK, "job {id} must be readable");
+            if done(&snapshot) {
+                return snapshot;
+            }
+            last = snapshot;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("job {id} did not reach the expected state in {timeout:?}; last seen: {last}");
+    }
+
+    pub async fn wait_terminal(&self, id: &str, timeout: Duration) -> Value {
+        self.wait_for(id, timeout, |s| {
+            matches!(
+                s["state"].as_str(),
+                Some("succeeded" | "failed" | "cancelled")
+            )
+        })
+        .await
+    }
+
+    /// Messages ever stored in a stream (work-queue streams delete acked ones, so the
+    /// last sequence is the count of publishes that were kept).
+    pub async fn stream_last_seq(&self, name: &str) -> u64 {
+        let mut stream = self.js.get_stream(name).await.expect("stream");
+        stream
+            .info()
+            .await
+            .expect("stream info")
+            .state
+            .last_sequence
+    }
+
+    pub async fn bucket_last_seq(&self, bucket: &str) -> u64 {
+        self.stream_last_seq(&format!("KV_{bucket}")).await
+    }
+
+    pub async fn stop_status(&mut self) {
+        if let Some(status) = self.status.take() {
+            status.stop().await;
+        }
+    }
+
+    pub fn start_status(&mut self) {
+        self.status = Some(start_status(&self.nats.url()));
+    }
+}
+
+pub fn start_status(url: &str) -> Component {
+    let mut config = jetjobs_status::Config::local(url);
+    config.shards = 8;
+    Component::spawn("status", move |shutdown| {
+        jetjobs_status::run(config, shutdown)
+    })
+}
+
+pub fn start_io(url: &str) -> Component {
+    let config = jetjobs_processor_io::Config::parse_from([
+        "jetjobs-processor-io",
+        "--nats-url",
+        url,
+        "--retry-base-ms",
+        "50",
+        "--shutdown-grace-secs",
+        "2",
+    ]);
+    Component::spawn("processor-io", move |shutdown| {
+        jetjobs_processor_io::run(config, shutdown)
+    })
+}
+
+pub fn start_cpu(url: &str, concurrency: usize) -> Component {
+    let concurrency = concurrency.to_string();
+    let config = jetjobs_processor_cpu::Config::parse_from([
+        "jetjobs-processor-cpu",
+        "--nats-url",
+        url,
+        "--concurrency",
+        &concurrency,
+        "--retry-base-ms",
+        "50",
+        "--shutdown-grace-secs",
+        "2",
+    ]);
+    Component::spawn("processor-cpu", move |shutdown| {
+        jetjobs_processor_cpu::run(config, shutdown)
+    })
+}
+
+/// Retries `probe` until it yields a value or `timeout` passes.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut probe: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A service binary built next to this test (`cargo build --bins` builds them).
+pub fn service_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/it-<hash> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` before the tests (the README's test command does)",
+        path.display()
+    );
+    path
+}
+
+/// Asserts that a response is RFC 9457 problem+json with the given status, and returns it.
+pub async fn assert_problem(response: reqwest::Response, status: StatusCode) -> Value {
+    assert_eq!(response.status(), status, "status");
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(content_type, "application/problem+json");
+    let problem: Value = response.json().await.expect("problem body");
+    assert_eq!(problem["status"], status.as_u16());
+    assert!(
+        problem["detail"].as_str().is_some_and(|d| d.len() > 10),
+        "a human-readable detail: {problem}"
+    );
+    assert!(problem["type"].is_string() && problem["title"].is_string());
+    problem
+}
+
+impl System {
+    /// Every event recorded for a job, oldest first, as `(type, attempt)`.
+    pub async fn events_of(&self, kind: &str, id: &str) -> Vec<(String, u64)> {
+        let stream = self.js.get_stream("JOB_EVENTS").await.expect("stream");
+        let consumer = stream
+            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+                filter_subject: format!("jobs.events.{kind}.{id}"),
+                ..Default::default()
+            })
+            .await
+            .expect("ordered consumer");
+        let mut messages = consumer.messages().await.expect("messages");
+        let mut events = Vec::new();
+        loop {
+            let next = tokio::time::timeout(Duration::from_millis(500), messages.next()).await;
+            let Ok(Some(Ok(message))) = next else { break };
+            let event: Value = serde_json::from_slice(&message.payload).expect("event");
+            events.push((
+                event["type"].as_str().expect("type").to_string(),
+                event["attempt"].as_u64().expect("attempt"),
+            ));
+        }
+        events
+    }
+}

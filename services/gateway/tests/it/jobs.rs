@@ -1,0 +1,172 @@
+//! A client submits each kind of job and sees it succeed with the right result.
+
+use std::io::Cursor;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use reqwest::StatusCode;
+use serde_json::json;
+use sha2::{Digest as _, Sha256};
+
+use crate::helpers::System;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submitted_job_is_accepted_at_once_and_succeeds_with_its_result() {
+    let system = System::start().await;
+
+    let response = system
+        .post(&json!({"kind": "sleep", "payload": {"ms": 200}}))
+        .await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let location = response
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .expect("Location header")
+        .to_string();
+    let accepted: serde_json::Value = response.json().await.expect("snapshot");
+    let id = accepted["id"].as_str().expect("id").to_string();
+    assert_eq!(location, format!("/v1/jobs/{id}"));
+    let uuid = uuid::Uuid::parse_str(&id).expect("a UUID");
+    assert_eq!(uuid.get_version_num(), 7, "server-made ids are UUIDv7");
+    assert_eq!(accepted["state"], "queued");
+    assert_eq!(accepted["attempt"], 0);
+    assert_eq!(accepted["max_attempts"], 3);
+    for field in ["progress", "result", "error"] {
+        assert!(accepted[field].is_null(), "{field} starts null");
+    }
+    for field in ["created_at", "updated_at"] {
+        let ts = accepted[field].as_str().expect(field);
+        chrono::DateTime::parse_from_rfc3339(ts).expect("RFC 3339");
+        assert!(ts.ends_with('Z'), "UTC: {ts}");
+    }
+
+    let done = system.wait_terminal(&id, WAIT).await;
+    assert_eq!(done["state"], "succeeded");
+    assert_eq!(done["attempt"], 1);
+    assert_eq!(done["result"], json!({"slept_ms": 200}));
+    assert!(done["error"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn noop_and_options_round_trip() {
+    let system = System::start().await;
+    let response = system
+        .post(&json!({"kind": "noop", "payload": {}, "max_attempts": 5, "timeout_secs": 10}))
+        .await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let accepted: serde_json::Value = response.json().await.expect("snapshot");
+    assert_eq!(accepted["max_attempts"], 5);
+    let done = system
+        .wait_terminal(accepted["id"].as_str().expect("id"), WAIT)
+        .await;
+    assert_eq!(done["state"], "succeeded");
+    assert_eq!(done["result"], json!({}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_computes_iterated_sha256_and_reports_progress() {
+    let system = System::start().await;
+    let data = b"jetjobs";
+    let job = system
+        .submit("hash", json!({"data_b64": B64.encode(data), "rounds": 3}))
+        .await;
+    let done = system
+        .wait_terminal(job["id"].as_str().expect("id"), WAIT)
+        .await;
+    let mut digest: Vec<u8> = Vec::new();
+    for _ in 0..3 {
+        let mut h = Sha256::new();
+        h.update(&digest);
+        h.update(data);
+        digest = h.finalize().to_vec();
+    }
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(done["state"], "succeeded");
+    assert_eq!(
+        done["result"],
+        json!({"algorithm": "sha256", "rounds": 3, "digest": hex})
+    );
+
+    // Zero bytes of a given size, many rounds: long enough to see progress on the way.
+    let job = system
+        .submit("hash", json!({"size": 64 * 1024, "rounds": 20_000}))
+        .await;
+    let id = job["id"].as_str().expect("id");
+    let running = system
+        .wait_for(id, WAIT, |s| {
+            s["progress"]["current"].as_u64().is_some_and(|c| c > 0) || s["state"] == "succeeded"
+        })
+        .await;
+    if running["state"] == "running" {
+        assert_eq!(running["progress"]["total"], 20_000);
+    }
+    let done = system.wait_terminal(id, Duration::from_secs(120)).await;
+    assert_eq!(done["state"], "succeeded");
+    assert_eq!(done["result"]["rounds"], 20_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thumbnail_keeps_the_aspect_ratio_and_rejects_garbage_at_once() {
+    let system = System::start().await;
+    let source = image::RgbImage::from_fn(400, 200, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, 128])
+    });
+    let mut png = Vec::new();
+    image::DynamicImage::ImageRgb8(source)
+        .write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
+        .expect("encode png");
+    let job = system
+        .submit(
+            "thumbnail",
+            json!({"image_b64": B64.encode(&png), "width": 100, "height": 100}),
+        )
+        .await;
+    let done = system
+        .wait_terminal(job["id"].as_str().expect("id"), WAIT)
+        .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["result"]["width"], 100);
+    assert_eq!(done["result"]["height"], 50);
+    let thumb = B64
+        .decode(done["result"]["image_b64"].as_str().expect("image"))
+        .expect("base64");
+    let decoded =
+        image::load_from_memory_with_format(&thumb, image::ImageFormat::Png).expect("a PNG");
+    assert_eq!((decoded.width(), decoded.height()), (100, 50));
+
+    let job = system
+        .submit(
+            "thumbnail",
+            json!({"image_b64": B64.encode(b"not an image"), "width": 10, "height": 10}),
+        )
+        .await;
+    let failed = system
+        .wait_terminal(job["id"].as_str().expect("id"), WAIT)
+        .await;
+    assert_eq!(failed["state"], "failed");
+    assert_eq!(failed["attempt"], 1, "an undecodable image is not retried");
+    assert!(failed["error"].as_str().is_some_and(|e| !e.is_empty()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_the_processor_cannot_use_fails_the_job_without_retries() {
+    let system = System::start().await;
+    let job = system.submit("sleep", json!({"seconds": 1})).await;
+    let failed = system
+        .wait_terminal(job["id"].as_str().expect("id"), WAIT)
+        .await;
+    assert_eq!(failed["state"], "failed");
+    assert_eq!(failed["attempt"], 1);
+    assert!(
+        failed["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("invalid payload")),
+        "{failed}"
+    );
+    // The failed job is kept in the dead-letter stream, where it can be replayed from.
+    assert_eq!(system.stream_last_seq("JOBS_DEAD").await, 1);
+}

@@ -1,0 +1,12 @@
+//! End-to-end scenarios: gateway, processors and status service against a real
+//! nats-server, talked to over real HTTP. Each test starts its own server and system.
+
+mod helpers;
+
+mod crash;
+mod errors;
+mod idempotency;
+mod jobs;
+mod projection;
+mod read_your_writes;
+mod saturation;

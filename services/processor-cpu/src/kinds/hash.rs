@@ -1,0 +1,433 @@
+//! `hash`: iterated SHA-256. `d0` is empty and `dk = sha256(d(k-1) ‖ data)`, so one round
+//! is the plain SHA-256 of the data, and the work grows linearly with `rounds`.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use jetjobs::processor::{Handler, JobContext, JobError, KindDef};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+pub const KIND: &str = "hash";
+
+/// Bytes fed to the hasher per call; large inputs are streamed, never copied.
+const CHUNK: usize = 64 * 1024;
+/// About a millisecond of hashing between two looks at cancellation and progress:
+/// often enough to stop promptly, rare enough to cost nothing.
+const CHECK_EVERY_BYTES: u64 = 1024 * 1024;
+/// Per-round cost charged to the pacing budget besides the data itself (the previous
+/// digest and the final padding), so that tiny inputs are paced too.
+const ROUND_OVERHEAD_BYTES: u64 = 64;
+
+static ZEROS: [u8; CHUNK] = [0; CHUNK];
+
+/// Exactly one of `data_b64` and `size`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HashRequest {
+    /// The data, base64 (standard alphabet, padded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_b64: Option<String>,
+    /// Hash this many zero bytes instead of sending data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// Rounds of `dk = sha256(d(k-1) ‖ data)`, at least 1.
+    pub rounds: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct HashResult {
+    pub algorithm: &'static str,
+    pub rounds: u64,
+    /// `d(rounds)`, lower-case hex.
+    pub digest: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HashLimits {
+    /// Largest input, in bytes.
+    pub max_bytes: u64,
+    pub max_rounds: u64,
+}
+
+pub struct Hash {
+    limits: HashLimits,
+}
+
+impl Hash {
+    pub fn new(limits: HashLimits) -> Self {
+        Self { limits }
+    }
+}
+
+impl Handler for Hash {
+    type Payload = HashRequest;
+    type Output = HashResult;
+
+    fn def(&self) -> KindDef {
+        KindDef::new(
+            KIND,
+            "Iterated SHA-256 of `data_b64` or of `size` zero bytes: d0 = empty, dk = sha256(d(k-1) ‖ data).",
+        )
+    }
+
+    async fn handle(&self, payload: HashRequest, ctx: JobContext) -> Result<HashResult, JobError> {
+        let (source, rounds) = validate(payload, &self.limits)?;
+        let max_bytes = self.limits.max_bytes;
+        ctx.blocking(move |ctx| {
+            // Decoding up to the size cap of base64 is CPU work too.
+            let input = source.into_input(max_bytes)?;
+            let digest = hash_rounds(
+                &input,
+                rounds,
+                |done, total| ctx.progress(done, total),
+                || ctx.is_cancelled(),
+            )?;
+            Ok(HashResult {
+                algorithm: "sha256",
+                rounds,
+                digest: hex(&digest),
+            })
+        })
+        .await?
+    }
+}
+
+/// Where the bytes come from, once the request is known to be well-formed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    Base64(String),
+    Zeros(u64),
+}
+
+/// The bytes to hash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    Bytes(Vec<u8>),
+    /// A run of zeros, streamed from a static buffer rather than allocated.
+    Zeros(u64),
+}
+
+/// The cheap checks, done before any work is scheduled. Every failure is permanent:
+/// the same request fails the same way on every attempt.
+pub fn validate(request: HashRequest, limits: &HashLimits) -> Result<(Source, u64), JobError> {
+    let rounds = request.rounds;
+    if rounds == 0 {
+        return Err(JobError::permanent("rounds must be at least 1"));
+    }
+    if rounds > limits.max_rounds {
+        return Err(JobError::Permanent(format!(
+            "rounds = {rounds} is above the limit of {}",
+            limits.max_rounds
+        )));
+    }
+    let source = match (request.data_b64, request.size) {
+        (Some(data), None) => {
+            // Base64 is 4 characters per 3 bytes: reject oversize input before decoding it.
+            if (data.len() as u64) / 4 * 3 > limits.max_bytes.saturating_add(2) {
+                return Err(too_large(
+                    base64::decoded_len_estimate(data.len()) as u64,
+                    limits.max_bytes,
+                ));
+            }
+            Source::Base64(data)
+        }
+        (None, Some(size)) => {
+            if size > limits.max_bytes {
+                return Err(too_large(size, limits.max_bytes));
+            }
+            Source::Zeros(size)
+        }
+        (Some(_), Some(_)) => {
+            return Err(JobError::permanent(
+                "give either data_b64 or size, not both",
+            ));
+        }
+        (None, None) => return Err(JobError::permanent("give one of data_b64 or size")),
+    };
+    Ok((source, rounds))
+}
+
+fn too_large(bytes: u64, max: u64) -> JobError {
+    JobError::Permanent(format!(
+        "the input is {bytes} bytes, above the limit of {max} bytes"
+    ))
+}
+
+impl Source {
+    pub fn into_input(self, max_bytes: u64) -> Result<Input, JobError> {
+        match self {
+            Self::Zeros(size) => Ok(Input::Zeros(size)),
+            Self::Base64(data) => {
+                let bytes = STANDARD.decode(data.as_bytes()).map_err(|e| {
+                    JobError::Permanent(format!("data_b64 is not valid base64: {e}"))
+                })?;
+                if bytes.len() as u64 > max_bytes {
+                    return Err(too_large(bytes.len() as u64, max_bytes));
+                }
+                Ok(Input::Bytes(bytes))
+            }
+        }
+    }
+}
+
+impl Input {
+    fn chunks(&self) -> Chunks<'_> {
+        Chunks {
+            input: self,
+            offset: 0,
+        }
+    }
+}
+
+/// The input in slices of at most [`CHUNK`] bytes, without allocating.
+struct Chunks<'a> {
+    input: &'a Input,
+    offset: u64,
+}
+
+impl<'a> Iterator for Chunks<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let chunk: &'a [u8] = match self.input {
+            Input::Bytes(bytes) => {
+                let start = usize::try_from(self.offset).ok()?;
+                let end = start.saturating_add(CHUNK).min(bytes.len());
+                bytes.get(start..end)?
+            }
+            Input::Zeros(size) => {
+                let left = size.saturating_sub(self.offset);
+                &ZEROS[..usize::try_from(left).map_or(CHUNK, |left| left.min(CHUNK))]
+            }
+        };
+        if chunk.is_empty() {
+            return None;
+        }
+        self.offset += chunk.len() as u64;
+        Some(chunk)
+    }
+}
+
+/// Counts work done and says when it is time to look at cancellation and report progress.
+struct Pacer {
+    budget: u64,
+}
+
+impl Pacer {
+    fn spend(&mut self, bytes: u64) -> bool {
+        self.budget = self.budget.saturating_sub(bytes);
+        if self.budget == 0 {
+            self.budget = CHECK_EVERY_BYTES;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Computes `d(rounds)`. Calls `progress(rounds done, rounds)` and `cancelled()` about
+/// every [`CHECK_EVERY_BYTES`] hashed, also inside a round over a large input.
+pub fn hash_rounds(
+    input: &Input,
+    rounds: u64,
+    mut progress: impl FnMut(u64, u64),
+    cancelled: impl Fn() -> bool,
+) -> Result<[u8; 32], JobError> {
+    let mut pacer = Pacer {
+        budget: CHECK_EVERY_BYTES,
+    };
+    let mut check = |done: u64| {
+        if cancelled() {
+            return Err(super::cancelled());
+        }
+        progress(done, rounds);
+        Ok(())
+    };
+    let mut digest: Option<[u8; 32]> = None;
+    for round in 1..=rounds {
+        let mut hasher = Sha256::new();
+        if let Some(previous) = &digest {
+            hasher.update(previous);
+        }
+        for chunk in input.chunks() {
+            hasher.update(chunk);
+            if pacer.spend(chunk.len() as u64) {
+                check(round - 1)?;
+            }
+        }
+        digest = Some(hasher.finalize().into());
+        if pacer.spend(ROUND_OVERHEAD_BYTES) {
+            check(round)?;
+        }
+    }
+    // rounds >= 1 is validated; zero rounds would be the empty d0, which has no digest.
+    digest.ok_or_else(|| JobError::permanent("rounds must be at least 1"))
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        out.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+    use serde_json::json;
+
+    const LIMITS: HashLimits = HashLimits {
+        max_bytes: 1024 * 1024,
+        max_rounds: 1_000_000,
+    };
+
+    fn run(input: &Input, rounds: u64) -> String {
+        hex(&hash_rounds(input, rounds, |_, _| {}, || false).expect("not cancelled"))
+    }
+
+    fn sha256(data: &[u8]) -> [u8; 32] {
+        Sha256::digest(data).into()
+    }
+
+    #[test]
+    fn one_round_is_plain_sha256() {
+        assert_eq!(
+            run(&Input::Bytes(b"abc".to_vec()), 1),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(
+            run(&Input::Bytes(Vec::new()), 1),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+
+    #[test]
+    fn each_round_hashes_the_previous_digest_then_the_data() {
+        let d1 = sha256(b"abc");
+        let d2 = sha256(&[d1.as_slice(), b"abc"].concat());
+        let d3 = sha256(&[d2.as_slice(), b"abc"].concat());
+        let input = Input::Bytes(b"abc".to_vec());
+        assert_eq!(run(&input, 2), hex(&d2));
+        assert_eq!(run(&input, 3), hex(&d3));
+    }
+
+    #[test]
+    fn size_hashes_that_many_zeros() {
+        // Spans several chunks, with a partial one at the end.
+        let size = CHUNK * 3 + 17;
+        let zeros = Input::Zeros(size as u64);
+        let bytes = Input::Bytes(vec![0; size]);
+        assert_eq!(run(&zeros, 1), hex(&sha256(&vec![0; size])));
+        assert_eq!(run(&zeros, 2), run(&bytes, 2));
+        assert_eq!(
+            run(&Input::Zeros(0), 1),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+
+    #[test]
+    fn progress_is_paced_and_monotonic() {
+        let mut reports = Vec::new();
+        // 1 KiB per round: about a thousand rounds between two reports.
+        hash_rounds(
+            &Input::Zeros(1024),
+            10_000,
+            |done, total| reports.push((done, total)),
+            || false,
+        )
+        .expect("not cancelled");
+        assert!(
+            (5..=20).contains(&reports.len()),
+            "{} reports",
+            reports.len()
+        );
+        assert!(reports.windows(2).all(|w| w[0].0 <= w[1].0));
+        assert!(
+            reports
+                .iter()
+                .all(|&(done, total)| total == 10_000 && done <= total)
+        );
+    }
+
+    #[test]
+    fn cancellation_stops_it_early_even_within_one_round() {
+        let checks = Cell::new(0);
+        let outcome = hash_rounds(
+            &Input::Zeros(64 * 1024 * 1024),
+            1,
+            |_, _| {},
+            || {
+                checks.set(checks.get() + 1);
+                true
+            },
+        );
+        assert_eq!(outcome, Err(JobError::Retryable("cancelled".to_string())));
+        assert_eq!(checks.get(), 1, "stopped at the first check");
+    }
+
+    #[test]
+    fn requests_are_validated() {
+        let request = |value| serde_json::from_value::<HashRequest>(value).expect("decodes");
+        assert_eq!(
+            validate(request(json!({"data_b64": "YWJj", "rounds": 2})), &LIMITS),
+            Ok((Source::Base64("YWJj".to_string()), 2))
+        );
+        assert_eq!(
+            validate(request(json!({"size": 10, "rounds": 1})), &LIMITS),
+            Ok((Source::Zeros(10), 1))
+        );
+        for (value, expected) in [
+            (json!({"size": 1, "rounds": 0}), "at least 1"),
+            (json!({"size": 1, "rounds": 1_000_001}), "above the limit"),
+            (json!({"size": 1_048_577, "rounds": 1}), "above the limit"),
+            (
+                json!({"data_b64": "YWJj", "size": 3, "rounds": 1}),
+                "not both",
+            ),
+            (json!({"rounds": 1}), "one of"),
+            (
+                json!({"data_b64": "A".repeat(2 * 1024 * 1024), "rounds": 1}),
+                "above the limit",
+            ),
+        ] {
+            match validate(request(value.clone()), &LIMITS) {
+                Err(JobError::Permanent(message)) => {
+                    assert!(message.contains(expected), "{value}: {message}");
+                }
+                other => panic!("{value}: expected a permanent error, got {other:?}"),
+            }
+        }
+        assert!(
+            serde_json::from_value::<HashRequest>(json!({"size": 1, "rounds": 1, "x": 0})).is_err()
+        );
+    }
+
+    #[test]
+    fn base64_is_decoded_and_checked() {
+        assert_eq!(
+            Source::Base64("YWJj".to_string()).into_input(3),
+            Ok(Input::Bytes(b"abc".to_vec()))
+        );
+        match Source::Base64("not base64!".to_string()).into_input(100) {
+            Err(JobError::Permanent(message)) => assert!(message.contains("base64"), "{message}"),
+            other => panic!("expected a permanent error, got {other:?}"),
+        }
+        // The length check before decoding is approximate; this one is exact.
+        assert!(matches!(
+            Source::Base64("YWJj".to_string()).into_input(2),
+            Err(JobError::Permanent(_))
+        ));
+    }
+
+    #[test]
+    fn hex_is_lower_case_and_padded() {
+        assert_eq!(hex(&[0x00, 0x0f, 0xa0, 0xff]), "000fa0ff");
+        assert_eq!(hex(&[]), "");
+    }
+}

@@ -1,0 +1,4 @@
+//! One file per job kind: its payload, its result, and its [`jetjobs::processor::Handler`].
+
+pub mod noop;
+pub mod sleep;
