@@ -6,4 +6,4 @@ cd "$(dirname "$0")/../.."
 echo "Using $("$NATS_SERVER_BIN" --version) at $NATS_SERVER_BIN" >&2
 # The crash tests start the real service binaries, so build them first.
 cargo build --workspace --bins
-cargo test --workspace "$@"
+cargo test --workspace --all-features "$@"

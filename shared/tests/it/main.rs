@@ -1,0 +1,3 @@
+//! Provisioning against a real nats-server.
+
+mod provision;
