@@ -1,3 +1,4 @@
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::Parser as _;
@@ -17,22 +18,35 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if json {
+    let text = if json {
         match serde_json::to_string(&summary) {
-            Ok(line) => println!("{line}"),
+            Ok(line) => line + "\n",
             Err(e) => {
                 eprintln!("error: cannot encode the summary: {e}");
                 return ExitCode::from(2);
             }
         }
     } else {
-        print!("{summary}");
+        summary.to_string()
+    };
+    // `print!` would panic when the reader went away (`| head`); that is not an error.
+    if let Err(e) = write_stdout(&text)
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        eprintln!("error: cannot write the summary: {e}");
+        return ExitCode::from(2);
     }
     if summary.complete {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     }
+}
+
+fn write_stdout(text: &str) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()
 }
 
 /// Logs go to stderr, warnings only unless `RUST_LOG` says otherwise: stdout carries the

@@ -273,13 +273,17 @@ impl Runtime {
         let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         let tracker = TaskTracker::new();
         let release = CancellationToken::new();
-        let mut pulls: SelectAll<BoxStream<'static, Slot>> = SelectAll::new();
+        let mut pulls: SelectAll<BoxStream<'static, Option<Slot>>> = SelectAll::new();
         let mut backoff = Duration::from_millis(100);
         loop {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                Some((message, permit)) = pulls.next(), if !pulls.is_empty() => {
+                next = pulls.next(), if !pulls.is_empty() => {
+                    // A pull request ended (`Some(None)`), or the last one did (`None`): its
+                    // unfilled slots are free, and the `free_slots` guard, read when this
+                    // select began, must be read again or no pull is ever sent.
+                    let Some(Some((message, permit))) = next else { continue };
                     let runtime = Arc::clone(self);
                     let release = release.child_token();
                     tracker.spawn(async move {
@@ -309,7 +313,10 @@ impl Runtime {
 
         // Jobs the server delivers to still-open pull requests are handed back at once.
         let drain = tokio::spawn(async move {
-            while let Some((message, _permit)) = pulls.next().await {
+            while let Some(next) = pulls.next().await {
+                let Some((message, _permit)) = next else {
+                    continue;
+                };
                 if let Err(e) = message.ack_with(AckKind::Nak(None)).await {
                     tracing::warn!(error = %e, "Could not release a job on shutdown.");
                 }
@@ -355,7 +362,7 @@ impl Runtime {
         &self,
         consumer: &PullConsumer,
         permits: OwnedSemaphorePermit,
-    ) -> Result<BoxStream<'static, Slot>, async_nats::Error> {
+    ) -> Result<BoxStream<'static, Option<Slot>>, async_nats::Error> {
         let batch = consumer
             .batch()
             .max_messages(permits.num_permits())
@@ -364,20 +371,27 @@ impl Runtime {
             .await?;
         let stream =
             futures::stream::unfold((batch, permits), |(mut batch, mut permits)| async move {
-                loop {
-                    match batch.next().await? {
-                        Ok(message) => {
-                            let permit = permits.split(1)?;
-                            return Some(((message, permit), (batch, permits)));
+                match batch.next().await? {
+                    Ok(message) => match permits.split(1) {
+                        Some(permit) => Some(((message, permit), (batch, permits))),
+                        None => {
+                            // More than was asked for: never hold a job without a slot.
+                            let _ = message.ack_with(AckKind::Nak(None)).await;
+                            None
                         }
-                        Err(e) => {
-                            tracing::debug!(error = %e, "Pull request ended with an error.");
-                            return None;
-                        }
+                    },
+                    Err(e) => {
+                        tracing::debug!(error = %e, "Pull request ended with an error.");
+                        None
                     }
                 }
             });
-        Ok(stream.boxed())
+        // The trailing `None` wakes the pull loop when this request ends, so the slots it
+        // did not fill are asked for again at once.
+        Ok(stream
+            .map(Some)
+            .chain(futures::stream::once(async { None }))
+            .boxed())
     }
 
     async fn run_job(self: Arc<Self>, message: jetstream::Message, release: CancellationToken) {

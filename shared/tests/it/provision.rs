@@ -27,8 +27,13 @@ async fn provisioning_is_idempotent_and_describes_what_it_made() {
     assert!(first.updated.is_empty() && first.unchanged.is_empty());
     assert_eq!(first.created.len(), 3 + 3 + 2, "{first}");
 
-    let again = layout::provision(&js, &layout()).await.expect("provision again");
-    assert!(again.created.is_empty() && again.updated.is_empty(), "{again}");
+    let again = layout::provision(&js, &layout())
+        .await
+        .expect("provision again");
+    assert!(
+        again.created.is_empty() && again.updated.is_empty(),
+        "{again}"
+    );
     assert_eq!(again.unchanged.len(), first.created.len());
 
     let mut jobs = js.get_stream("JOBS").await.expect("JOBS");
@@ -37,7 +42,10 @@ async fn provisioning_is_idempotent_and_describes_what_it_made() {
     assert_eq!(info.config.discard, stream::DiscardPolicy::New);
     assert!(info.config.description.is_some());
     assert_eq!(
-        info.config.metadata.get("jetjobs.owner").map(String::as_str),
+        info.config
+            .metadata
+            .get("jetjobs.owner")
+            .map(String::as_str),
         Some("jetjobs")
     );
     let consumer = jobs
@@ -73,17 +81,27 @@ async fn changed_limits_are_updated_and_a_new_kind_widens_the_filter() {
     let mut wider = layout();
     wider.jobs_max_msgs = 500;
     wider.ack_wait = Duration::from_secs(7);
-    wider.processors[0].kinds.push(Kind::new("c").expect("kind"));
+    wider.processors[0]
+        .kinds
+        .push(Kind::new("c").expect("kind"));
     let report = layout::provision(&js, &wider).await.expect("update");
-    assert!(report.updated.contains(&"stream JOBS".to_string()), "{report}");
     assert!(
-        report.updated.contains(&"consumer JOBS > processor-test".to_string()),
+        report.updated.contains(&"stream JOBS".to_string()),
+        "{report}"
+    );
+    assert!(
+        report
+            .updated
+            .contains(&"consumer JOBS > processor-test".to_string()),
         "{report}"
     );
 
     let jobs = js.get_stream("JOBS").await.expect("JOBS");
     assert_eq!(jobs.cached_info().config.max_messages, 500);
-    let consumer = jobs.consumer_info("processor-test").await.expect("consumer");
+    let consumer = jobs
+        .consumer_info("processor-test")
+        .await
+        .expect("consumer");
     assert_eq!(consumer.config.ack_wait, Duration::from_secs(7));
     assert_eq!(consumer.config.filter_subjects.len(), 3);
 }
@@ -112,7 +130,10 @@ async fn a_conflicting_existing_stream_is_a_clear_error_and_is_left_alone() {
         other => panic!("expected a conflict, got {other}"),
     }
     let message = error.to_string();
-    assert!(message.contains("retention") && message.contains("JOBS"), "{message}");
+    assert!(
+        message.contains("retention") && message.contains("JOBS"),
+        "{message}"
+    );
 
     let mut jobs = js.get_stream("JOBS").await.expect("JOBS");
     assert_eq!(

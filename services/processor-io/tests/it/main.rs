@@ -5,6 +5,7 @@ mod helpers;
 
 use std::time::Duration;
 
+use futures::StreamExt as _;
 use jetjobs::Change;
 use serde_json::json;
 
@@ -57,4 +58,27 @@ async fn stops_promptly_on_shutdown() {
     tokio::time::timeout(Duration::from_secs(15), harness.stop())
         .await
         .expect("the processor stops within the pull expiry");
+}
+
+/// After a burst, the runtime must go on asking for jobs once its pull requests expire.
+#[tokio::test]
+async fn keeps_pulling_after_a_burst() {
+    let harness = Harness::start().await;
+    // A few jobs at a time, as HTTP clients send them: the runtime refills its free slots
+    // with small pull requests, so several are open when the jobs stop coming.
+    let events: Vec<_> = futures::stream::iter(0..200)
+        .map(|_| harness.run_job("noop", json!({})))
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    assert!(
+        events
+            .iter()
+            .all(|event| matches!(event.change, Change::Succeeded { .. }))
+    );
+    // Let every pull request of the burst expire (the harness uses 1 s).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let event = harness.run_job("noop", json!({})).await;
+    assert!(matches!(event.change, Change::Succeeded { .. }));
+    harness.stop().await;
 }
