@@ -168,10 +168,10 @@ pub async fn submit(
 async fn unknown_kind(state: &AppState, kind: &Kind) -> ApiError {
     let kinds = state.kinds.all().await.unwrap_or_default();
     let detail = if kinds.is_empty() {
-        format!("unknown kind {kind:?}: no processor has registered any kind yet")
+        format!("unknown kind \"{kind}\": no processor has registered any kind yet")
     } else {
         format!(
-            "unknown kind {kind:?}; registered kinds: {}",
+            "unknown kind \"{kind}\"; registered kinds: {}",
             kinds.join(", ")
         )
     };

@@ -98,6 +98,7 @@ impl Config {
 /// The processor with every kind this service serves.
 pub fn processor(config: &Config) -> Processor {
     Processor::new(NAME)
+        .default_concurrency(Processor::cpus())
         .handler(Hash::new(config.hash_limits()))
         .handler(Thumbnail::new(config.thumbnail_limits()))
 }

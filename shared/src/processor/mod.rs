@@ -45,8 +45,9 @@ use crate::subjects::{self, headers};
 /// How a processor runs, independent of what it runs.
 #[derive(clap::Args, Clone, Debug)]
 pub struct RuntimeConfig {
-    /// Jobs run at once by this replica.
-    #[arg(long, env = "JETJOBS_CONCURRENCY", default_value_t = 64)]
+    /// Jobs run at once by this replica; 0 means the processor's own default (64 for
+    /// I/O-bound kinds, one per CPU for CPU-bound ones).
+    #[arg(long, env = "JETJOBS_CONCURRENCY", default_value_t = 0)]
     pub concurrency: usize,
     /// Largest number of jobs asked for in one pull request.
     #[arg(long, env = "JETJOBS_MAX_BATCH", default_value_t = 64)]
@@ -71,7 +72,7 @@ pub struct RuntimeConfig {
 impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
-            concurrency: 64,
+            concurrency: 0,
             max_batch: 64,
             pull_expires_ms: 5_000,
             progress_interval_ms: 250,
@@ -116,6 +117,7 @@ pub enum RuntimeError {
 pub struct Processor {
     name: String,
     handlers: HashMap<Kind, Arc<dyn ErasedHandler>>,
+    default_concurrency: usize,
 }
 
 impl Processor {
@@ -123,7 +125,20 @@ impl Processor {
         Self {
             name: name.into(),
             handlers: HashMap::new(),
+            default_concurrency: 64,
         }
+    }
+
+    /// Concurrency when the configuration leaves it at 0. CPU-bound processors set the
+    /// number of CPUs: more jobs at once would only share the same cores.
+    pub fn default_concurrency(mut self, jobs: usize) -> Self {
+        self.default_concurrency = jobs.max(1);
+        self
+    }
+
+    /// One job per CPU this process may use.
+    pub fn cpus() -> usize {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     }
 
     pub fn handler(mut self, handler: impl Handler) -> Self {
@@ -176,6 +191,10 @@ impl Processor {
         config: RuntimeConfig,
         shutdown: CancellationToken,
     ) -> Result<(), RuntimeError> {
+        let mut config = config;
+        if config.concurrency == 0 {
+            config.concurrency = self.default_concurrency;
+        }
         let js = jetstream::new(client.clone());
         layout::require(
             &js,
@@ -501,18 +520,30 @@ impl Runtime {
         match outcome {
             Ok(result) => {
                 let event = JobEvent::new(&request, attempt, Change::Succeeded { result });
-                if self.publish_event(&event, &trace).await {
-                    self.confirm_ack(&message).await;
-                    tracing::debug!("Job succeeded.");
+                match self.publish_event(&event, &trace).await {
+                    Published::Confirmed => {
+                        self.confirm_ack(&message).await;
+                        tracing::debug!("Job succeeded.");
+                    }
+                    // Retrying cannot make it smaller: fail now, with the reason.
+                    Published::TooLarge => {
+                        let error =
+                            "the result is larger than the NATS server accepts in one message; \
+                                     return a reference to large results instead"
+                                .to_string();
+                        self.fail(&message, &request, attempt, error, &trace).await;
+                    }
+                    Published::NotConfirmed => {}
                 }
             }
             Err(JobError::Retryable(error)) if attempt < request.max_attempts => {
                 let delay = self.config.retry_delay(attempt);
                 tracing::info!(%error, retry_in_ms = delay.as_millis() as u64, "Job attempt failed; will retry.");
                 let retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+                let error = clip(error);
                 let event =
                     JobEvent::new(&request, attempt, Change::Retrying { error, retry_in_ms });
-                if self.publish_event(&event, &trace).await
+                if self.publish_event(&event, &trace).await == Published::Confirmed
                     && let Err(e) = message.ack_with(AckKind::Nak(Some(delay))).await
                 {
                     tracing::warn!(error = %e, "Could not schedule the retry; ack_wait will.");
@@ -534,6 +565,7 @@ impl Runtime {
         trace: &HeaderMap,
     ) {
         tracing::warn!(%error, "Job failed.");
+        let error = clip(error);
         let event = JobEvent::new(
             request,
             attempt,
@@ -549,8 +581,8 @@ impl Runtime {
             message.payload.clone(),
             trace,
         );
-        let (dead_ok, event_ok) = tokio::join!(dead, self.publish_event(&event, trace));
-        if dead_ok && event_ok {
+        let (dead, event) = tokio::join!(dead, self.publish_event(&event, trace));
+        if dead == Published::Confirmed && event == Published::Confirmed {
             self.confirm_ack(message).await;
         }
     }
@@ -583,7 +615,8 @@ impl Runtime {
                 message.payload.clone(),
                 &trace,
             )
-            .await;
+            .await
+            == Published::Confirmed;
         if let Some(id) = job_id {
             let request = JobRequest {
                 id,
@@ -594,7 +627,7 @@ impl Runtime {
                 created_at: crate::job::now(),
             };
             let event = JobEvent::new(&request, attempt, Change::Failed { error: reason });
-            ok &= self.publish_event(&event, &trace).await;
+            ok &= self.publish_event(&event, &trace).await == Published::Confirmed;
         }
         if ok {
             self.confirm_ack(&message).await;
@@ -609,7 +642,7 @@ impl Runtime {
         error: &str,
         payload: Bytes,
         trace: &HeaderMap,
-    ) -> bool {
+    ) -> Published {
         let mut headers = trace.clone();
         headers.insert(headers::KIND, kind.as_str());
         if let Some(id) = job_id {
@@ -687,29 +720,40 @@ impl Runtime {
     }
 
     /// Publishes an event and waits for its PubAck, retrying a few times.
-    async fn publish_event(&self, event: &JobEvent, trace: &HeaderMap) -> bool {
+    async fn publish_event(&self, event: &JobEvent, trace: &HeaderMap) -> Published {
         match event_message(event, trace) {
             Ok((subject, headers, payload)) => {
                 self.publish_reliably(subject, headers, payload).await
             }
             Err(e) => {
                 tracing::error!(error = %e, "Cannot encode an event.");
-                false
+                Published::NotConfirmed
             }
         }
     }
 
     /// Publishes until JetStream confirms. Safe to repeat: every message carries a
     /// `Nats-Msg-Id`, so a retry of a publish that did land is dropped as a duplicate.
-    async fn publish_reliably(&self, subject: String, headers: HeaderMap, payload: Bytes) -> bool {
+    async fn publish_reliably(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Published {
         let mut delay = Duration::from_millis(100);
         for attempt in 1..=PUBLISH_TRIES {
             let sent = self
                 .js
                 .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
                 .await;
+            if let Err(e) = &sent
+                && e.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded
+            {
+                tracing::error!(%subject, bytes = payload.len(), "Message too large for NATS.");
+                return Published::TooLarge;
+            }
             match await_ack(sent.map_err(Into::into)).await {
-                Ok(()) => return true,
+                Ok(()) => return Published::Confirmed,
                 Err(e) if attempt < PUBLISH_TRIES => {
                     tracing::warn!(%subject, error = %e, "Publish not confirmed; retrying.");
                     tokio::time::sleep(delay).await;
@@ -721,7 +765,7 @@ impl Runtime {
                 }
             }
         }
-        false
+        Published::NotConfirmed
     }
 
     /// Acks and waits for the server to confirm, so a lost ack cannot make a finished job
@@ -742,6 +786,30 @@ impl Runtime {
 }
 
 const PUBLISH_TRIES: u32 = 5;
+/// Longest error message kept in an event (a handler may return a whole response body).
+const MAX_ERROR_LEN: usize = 4096;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Published {
+    /// Stored by JetStream (PubAck received).
+    Confirmed,
+    /// Over the server's `max_payload`: no retry can help.
+    TooLarge,
+    /// Not confirmed after every retry; the job stays unacked and comes back.
+    NotConfirmed,
+}
+
+fn clip(mut error: String) -> String {
+    if error.len() > MAX_ERROR_LEN {
+        let mut end = MAX_ERROR_LEN;
+        while !error.is_char_boundary(end) {
+            end -= 1;
+        }
+        error.truncate(end);
+        error.push('…');
+    }
+    error
+}
 
 async fn await_ack(
     sent: Result<jetstream::context::PublishAckFuture, async_nats::Error>,

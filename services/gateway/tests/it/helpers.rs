@@ -146,9 +146,7 @@ impl System {
             .expect("job_kinds");
         eventually(Duration::from_secs(20), || async {
             for kind in kinds {
-                if bucket.get(*kind).await.ok().flatten().is_none() {
-                    return None;
-                }
+                bucket.get(*kind).await.ok().flatten()?;
             }
             Some(())
         })
