@@ -62,7 +62,8 @@ pub struct Layout {
     pub events_max_bytes: i64,
     pub dead_max_bytes: i64,
     pub status_max_bytes: i64,
-    /// Revisions kept per job in `job_status` (`nats kv history job_status <id>`).
+    /// Revisions kept per job in `job_status` (`nats kv history job_status <id>`); a job
+    /// makes three or four (queued, running, progress, outcome).
     pub status_history: i64,
     /// Processor consumers: how long a delivered job may go without an ack or heartbeat.
     pub ack_wait: Duration,
@@ -84,8 +85,8 @@ impl Default for Layout {
             retention: Duration::from_secs(7 * 24 * 3600),
             events_max_bytes: 2 * GIB,
             dead_max_bytes: GIB / 2,
-            status_max_bytes: GIB,
-            status_history: 10,
+            status_max_bytes: 8 * GIB,
+            status_history: 5,
             ack_wait: Duration::from_secs(30),
             max_ack_pending: 10_000,
             status_ack_wait: Duration::from_secs(30),
@@ -131,6 +132,8 @@ impl Layout {
             max_messages: -1,
             max_bytes: self.events_max_bytes,
             discard: DiscardPolicy::Old,
+            // Processors read a job's last event to count its runs.
+            allow_direct: true,
             duplicate_window: self.duplicate_window,
             metadata: owner("processors and gateway publish, status and notifier consume"),
             ..Default::default()
@@ -259,7 +262,7 @@ pub enum ProvisionError {
         existing: String,
         wanted: String,
     },
-    #[error("provisioning {object} failed: {source}")]
+    #[error("{object}: {source}")]
     Nats {
         object: String,
         #[source]
@@ -361,6 +364,7 @@ async fn ensure_stream(
         || existing.max_bytes != wanted.max_bytes
         || existing.max_age != wanted.max_age
         || existing.discard != wanted.discard
+        || existing.allow_direct != wanted.allow_direct
         || existing.duplicate_window != wanted.duplicate_window
         || existing.num_replicas != wanted.num_replicas
         || existing.description != wanted.description
@@ -432,12 +436,14 @@ async fn ensure_bucket(
             let changed = existing.max_messages_per_subject != wanted.history
                 || existing.max_age != wanted.max_age
                 || existing.max_bytes != wanted.max_bytes
-                || existing.num_replicas != wanted.num_replicas;
+                || existing.num_replicas != wanted.num_replicas
+                || existing.discard != DiscardPolicy::Old;
             if changed {
                 tracing::warn!(%object, "Updating limits of an existing bucket to the configured layout.");
                 js.update_key_value(wanted)
                     .await
                     .map_err(|e| nats_err(&object)(e.into()))?;
+                discard_oldest(js, &stream_name, &object).await?;
                 report.updated.push(object);
             } else {
                 report.unchanged.push(object);
@@ -447,9 +453,37 @@ async fn ensure_bucket(
             js.create_key_value(wanted)
                 .await
                 .map_err(|e| nats_err(&object)(e.into()))?;
+            discard_oldest(js, &stream_name, &object).await?;
             report.created.push(object);
         }
         Err(e) => return Err(nats_err(&object)(e.into())),
+    }
+    Ok(())
+}
+
+/// KV buckets are created with discard-new, so a full bucket refuses every write: the
+/// gateway could not record new jobs and the projection would stall. Dropping the oldest
+/// entries instead keeps the system running; old jobs also expire with `max_age`.
+async fn discard_oldest(
+    js: &jetstream::Context,
+    stream_name: &str,
+    object: &str,
+) -> Result<(), ProvisionError> {
+    let mut stream = js
+        .get_stream(stream_name)
+        .await
+        .map_err(|e| nats_err(object)(e.into()))?;
+    let mut config = stream
+        .info()
+        .await
+        .map_err(|e| nats_err(object)(e.into()))?
+        .config
+        .clone();
+    if config.discard != DiscardPolicy::Old {
+        config.discard = DiscardPolicy::Old;
+        js.update_stream(config)
+            .await
+            .map_err(|e| nats_err(object)(e.into()))?;
     }
     Ok(())
 }
@@ -573,13 +607,26 @@ pub async fn require(
 ) -> Result<(), ProvisionError> {
     let mut missing = Vec::new();
     for requirement in requirements {
-        let found = match requirement {
-            Requirement::Stream(name) => js.get_stream(*name).await.is_ok(),
-            Requirement::Bucket(name) => js.get_stream(format!("KV_{name}")).await.is_ok(),
-            Requirement::Consumer { stream, name } => match js.get_stream(*stream).await {
-                Ok(stream) => stream.consumer_info(name).await.is_ok(),
-                Err(_) => false,
+        // Only "not found" means missing; a timeout or a permission error is reported as
+        // what it is, so nobody re-provisions a server that is merely slow or locked down.
+        let object = requirement.to_string();
+        let stream_name = match requirement {
+            Requirement::Stream(name) | Requirement::Consumer { stream: name, .. } => {
+                (*name).to_string()
+            }
+            Requirement::Bucket(name) => format!("KV_{name}"),
+        };
+        let found = match js.get_stream(&stream_name).await {
+            Ok(stream) => match requirement {
+                Requirement::Consumer { name, .. } => match stream.consumer_info(name).await {
+                    Ok(_) => true,
+                    Err(e) if consumer_not_found(&e) => false,
+                    Err(e) => return Err(nats_err(&object)(e.into())),
+                },
+                _ => true,
             },
+            Err(e) if stream_not_found(&e) => false,
+            Err(e) => return Err(nats_err(&object)(e.into())),
         };
         if !found {
             missing.push(requirement.to_string());

@@ -91,8 +91,19 @@ impl KindCache {
         Ok(info)
     }
 
-    /// Every registered kind, read from the bucket (not the cache) so the list is current.
+    /// Every registered kind. From the watched cache (a client sending unknown kinds
+    /// costs no NATS round trip); from the bucket only while the cache is still empty.
     pub async fn all(&self) -> Result<Vec<String>, RegistryError> {
+        let cached: Vec<String> = self
+            .known
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .map(|k| k.to_string())
+            .collect();
+        if !cached.is_empty() {
+            return Ok(cached);
+        }
         let keys = self
             .bucket
             .keys()

@@ -103,7 +103,16 @@ pub async fn submit(
         Identity::ClientId(id) => {
             let key = format!("id.{id}");
             match claim(state, &key, id, &fingerprint).await? {
-                ClaimOutcome::Won => (id, Some(key), false),
+                ClaimOutcome::Won(revision) => {
+                    // Jobs made by POST have no id claim: the id may still be taken.
+                    if read_snapshot(state, id).await?.is_some() {
+                        release_claim(state, &key, revision).await;
+                        return Err(ApiError::conflict(format!(
+                            "job {id} already exists (it was not created by this PUT)"
+                        )));
+                    }
+                    (id, Some((key, revision)), false)
+                }
                 ClaimOutcome::Held(held) if held.fingerprint == fingerprint => (id, None, true),
                 ClaimOutcome::Held(_) => {
                     return Err(ApiError::conflict(format!(
@@ -116,7 +125,7 @@ pub async fn submit(
             let key = format!("key.{}", hex(&Sha256::digest(idempotency_key.as_bytes())));
             let candidate = JobId::new_v7();
             match claim(state, &key, candidate, &fingerprint).await? {
-                ClaimOutcome::Won => (candidate, Some(key), false),
+                ClaimOutcome::Won(revision) => (candidate, Some((key, revision)), false),
                 ClaimOutcome::Held(held) if held.fingerprint == fingerprint => {
                     (held.job_id, None, true)
                 }
@@ -148,14 +157,16 @@ pub async fn submit(
         timeout_secs: body.timeout_secs,
         created_at: now(),
     };
-    if let Err(e) = publish(state, &request).await {
-        if let Some(key) = claim_key {
-            // Nothing was accepted: free the id/key so the client's retry starts clean.
-            if let Err(e) = state.claims.delete(&key).await {
-                tracing::warn!(%key, error = %e, "Could not release a claim after a failed publish.");
-            }
+    if let Err(failure) = publish(state, &request).await {
+        // Free the id/key only when the server certainly stored nothing. After a timeout
+        // the job may be queued: the claim must stay, so the client's retry with the same
+        // id/key finds this job instead of making a second one.
+        if failure.nothing_stored
+            && let Some((key, revision)) = claim_key
+        {
+            release_claim(state, &key, revision).await;
         }
-        return Err(e);
+        return Err(failure.error);
     }
     let snapshot = write_first_snapshot(state, &request).await?;
     Ok(if repeat {
@@ -166,14 +177,21 @@ pub async fn submit(
 }
 
 async fn unknown_kind(state: &AppState, kind: &Kind) -> ApiError {
-    let kinds = state.kinds.all().await.unwrap_or_default();
-    let detail = if kinds.is_empty() {
-        format!("unknown kind \"{kind}\": no processor has registered any kind yet")
-    } else {
-        format!(
-            "unknown kind \"{kind}\"; registered kinds: {}",
-            kinds.join(", ")
-        )
+    let (detail, kinds) = match state.kinds.all().await {
+        Ok(kinds) if kinds.is_empty() => (
+            format!("unknown kind \"{kind}\": no processor has registered any kind yet"),
+            kinds,
+        ),
+        Ok(kinds) => (
+            format!(
+                "unknown kind \"{kind}\"; registered kinds: {}",
+                kinds.join(", ")
+            ),
+            kinds,
+        ),
+        Err(e) => {
+            return ApiError::unavailable(format!("cannot read the kind registry: {e}"), 1);
+        }
     };
     ApiError::new(
         axum::http::StatusCode::UNPROCESSABLE_ENTITY,
@@ -201,8 +219,19 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 enum ClaimOutcome {
-    Won,
+    /// This request owns the id/key; the claim's revision, to release only our own claim.
+    Won(u64),
     Held(Claim),
+}
+
+async fn release_claim(state: &AppState, key: &str, revision: u64) {
+    if let Err(e) = state
+        .claims
+        .delete_expect_revision(key, Some(revision))
+        .await
+    {
+        tracing::warn!(%key, error = %e, "Could not release an idempotency claim.");
+    }
 }
 
 async fn claim(
@@ -217,7 +246,7 @@ async fn claim(
     })
     .map_err(|e| ApiError::internal(e.to_string()))?;
     match state.claims.create(key, value.into()).await {
-        Ok(_) => Ok(ClaimOutcome::Won),
+        Ok(revision) => Ok(ClaimOutcome::Won(revision)),
         Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
             let held = state
                 .claims
@@ -239,8 +268,17 @@ async fn claim(
     }
 }
 
-async fn publish(state: &AppState, request: &JobRequest) -> Result<(), ApiError> {
-    let payload = serde_json::to_vec(request).map_err(|e| ApiError::internal(e.to_string()))?;
+struct PublishFailure {
+    error: ApiError,
+    /// The server refused the message (or it never left): the job is certainly not queued.
+    nothing_stored: bool,
+}
+
+async fn publish(state: &AppState, request: &JobRequest) -> Result<(), PublishFailure> {
+    let payload = serde_json::to_vec(request).map_err(|e| PublishFailure {
+        error: ApiError::internal(e.to_string()),
+        nothing_stored: true,
+    })?;
     let mut message_headers = HeaderMap::new();
     message_headers.insert(headers::MSG_ID, request.id.to_string().as_str());
     message_headers.insert(headers::KIND, request.kind.as_str());
@@ -261,22 +299,37 @@ async fn publish(state: &AppState, request: &JobRequest) -> Result<(), ApiError>
     acked.map(|_| ()).map_err(publish_error)
 }
 
-fn publish_error(e: jetstream::context::PublishError) -> ApiError {
+fn publish_error(e: jetstream::context::PublishError) -> PublishFailure {
+    let refused = |error| PublishFailure {
+        error,
+        nothing_stored: true,
+    };
     match e.kind() {
-        PublishErrorKind::MaxPayloadExceeded => {
-            ApiError::too_large("the job is larger than the NATS server accepts in one message")
-        }
-        PublishErrorKind::StreamNotFound => ApiError::unavailable(
+        PublishErrorKind::MaxPayloadExceeded => refused(ApiError::too_large(
+            "the job is larger than the NATS server accepts in one message",
+        )),
+        PublishErrorKind::StreamNotFound => refused(ApiError::unavailable(
             "the JOBS stream is missing; the system is not provisioned",
             5,
-        ),
+        )),
         _ => {
             let text = e.to_string();
             if text.contains("maximum messages") || text.contains("maximum bytes") {
-                ApiError::unavailable("the job queue is full; retry later", 5)
-                    .with("queue", json!("full"))
+                refused(
+                    ApiError::unavailable("the job queue is full; retry later", 5)
+                        .with("queue", json!("full")),
+                )
             } else {
-                ApiError::unavailable(format!("the job could not be queued: {text}"), 1)
+                PublishFailure {
+                    error: ApiError::unavailable(
+                        format!(
+                            "the job could not be confirmed as queued ({text}); \
+                             retry with the same id or Idempotency-Key to avoid a second job"
+                        ),
+                        1,
+                    ),
+                    nothing_stored: false,
+                }
             }
         }
     }
@@ -289,7 +342,8 @@ async fn write_first_snapshot(state: &AppState, request: &JobRequest) -> Result<
         .into();
     let key = request.id.to_string();
     let mut last_error = None;
-    for _ in 0..3 {
+    for delay_ms in [0, 50, 200, 500] {
+        tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
         match state.status.create(&key, bytes.clone()).await {
             Ok(_) => return Ok(bytes),
             // The status service got there first: its snapshot is newer than ours.
@@ -305,12 +359,14 @@ async fn write_first_snapshot(state: &AppState, request: &JobRequest) -> Result<
     // service will write one as soon as the job starts.
     Err(ApiError::unavailable(
         format!(
-            "job {} was queued but its status could not be recorded ({}); retry with the same id or Idempotency-Key to get it",
-            request.id,
-            last_error.unwrap_or_default()
+            "job {id} was queued and will run, but its status could not be recorded yet ({}); \
+             it appears at /v1/jobs/{id} once the job starts",
+            last_error.unwrap_or_default(),
+            id = request.id,
         ),
         1,
-    ))
+    )
+    .with("job_id", json!(request.id)))
 }
 
 pub async fn read_snapshot(state: &AppState, id: JobId) -> Result<Option<Bytes>, ApiError> {

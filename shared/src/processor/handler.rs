@@ -10,6 +10,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::job::{JobId, JobRequest, Kind, Progress};
 use crate::kinds::{DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_SECS};
@@ -131,6 +132,8 @@ pub struct JobContext {
     attempt: u32,
     progress: Arc<watch::Sender<Option<Progress>>>,
     cancel: CancellationToken,
+    /// CPU work started by this job; the runtime waits for it before freeing the slot.
+    blocking: TaskTracker,
 }
 
 impl JobContext {
@@ -139,12 +142,14 @@ impl JobContext {
         attempt: u32,
         progress: Arc<watch::Sender<Option<Progress>>>,
         cancel: CancellationToken,
+        blocking: TaskTracker,
     ) -> Self {
         Self {
             request,
             attempt,
             progress,
             cancel,
+            blocking,
         }
     }
 
@@ -191,7 +196,8 @@ impl JobContext {
         R: Send + 'static,
     {
         let ctx = self.clone();
-        tokio::task::spawn_blocking(move || work(ctx))
+        self.blocking
+            .spawn_blocking(move || work(ctx))
             .await
             .map_err(|e| match e.try_into_panic() {
                 Ok(panic) => JobError::Retryable(format!(

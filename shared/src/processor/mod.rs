@@ -249,9 +249,14 @@ impl Processor {
             .iter()
             .map(|(kind, h)| (kind.clone(), h.def()))
             .collect();
+        let events = js
+            .get_stream(layout::EVENTS_STREAM)
+            .await
+            .map_err(|e| nats(&e))?;
         let runtime = Arc::new(Runtime {
             client: client.clone(),
             js,
+            events,
             handlers: self.handlers,
             defs,
             heartbeat,
@@ -277,6 +282,8 @@ struct Runtime {
     js: jetstream::Context,
     handlers: HashMap<Kind, Arc<dyn ErasedHandler>>,
     defs: HashMap<Kind, KindDef>,
+    /// `JOB_EVENTS`, read to count a job's earlier runs.
+    events: jetstream::stream::Stream,
     heartbeat: Duration,
     config: RuntimeConfig,
 }
@@ -400,7 +407,10 @@ impl Runtime {
                         }
                     },
                     Err(e) => {
-                        tracing::debug!(error = %e, "Pull request ended with an error.");
+                        // The consumer or JetStream is unavailable (leader change, restart):
+                        // pause before this pull's slots are asked for again.
+                        tracing::warn!(error = %e, "Pull request ended with an error.");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
                         None
                     }
                 }
@@ -414,13 +424,22 @@ impl Runtime {
     }
 
     async fn run_job(self: Arc<Self>, message: jetstream::Message, release: CancellationToken) {
-        let attempt = message
+        let delivered = message
             .info()
             .map(|info| u32::try_from(info.delivered.max(1)).unwrap_or(u32::MAX))
             .unwrap_or(1);
         let mut request: JobRequest = match serde_json::from_slice(&message.payload) {
             Ok(request) => request,
-            Err(e) => return self.poison(message, attempt, e).await,
+            Err(e) => return self.poison(message, delivered, e).await,
+        };
+        let attempt = match self.prior_runs(&request).await {
+            Prior::Finished => {
+                // Its outcome is recorded; only the ack was lost. Do not run it again.
+                tracing::info!(job_id = %request.id, "Job already finished; acking the redelivery.");
+                return self.confirm_ack(&message).await;
+            }
+            Prior::Started(last) => last + 1,
+            Prior::Unknown => delivered,
         };
         let payload = std::mem::take(&mut request.payload);
         let request = Arc::new(request);
@@ -435,6 +454,30 @@ impl Runtime {
             .await;
     }
 
+    /// What the job's events say about earlier runs. Counting runs from the events rather
+    /// than from JetStream's delivery count means a job handed back on shutdown, or
+    /// delivered to a replica that could not take it, does not use up an attempt.
+    async fn prior_runs(&self, request: &JobRequest) -> Prior {
+        let subject = subjects::event(&request.kind, request.id);
+        match self.events.direct_get_last_for_subject(subject).await {
+            Ok(message) => match serde_json::from_slice::<JobEvent>(&message.payload) {
+                Ok(event) if event.change.state().is_terminal() => Prior::Finished,
+                Ok(event) => Prior::Started(event.attempt),
+                Err(e) => {
+                    tracing::warn!(error = %e, "The job's last event is unreadable.");
+                    Prior::Unknown
+                }
+            },
+            Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => {
+                Prior::Started(0)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot read the job's last event; counting deliveries instead.");
+                Prior::Unknown
+            }
+        }
+    }
+
     async fn attempt(
         &self,
         message: jetstream::Message,
@@ -445,8 +488,16 @@ impl Runtime {
     ) {
         let trace = trace_headers(message.headers.as_ref());
         let Some(handler) = self.handlers.get(&request.kind) else {
-            let error = format!("this processor has no handler for kind {}", request.kind);
-            return self.fail(&message, &request, attempt, error, &trace).await;
+            // A replica older than the consumer's filter (a rolling deploy): another
+            // replica knows the kind, so hand the job back rather than fail it.
+            tracing::warn!("No handler for this kind here; handing the job back.");
+            if let Err(e) = message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                .await
+            {
+                tracing::warn!(error = %e, "Could not hand the job back.");
+            }
+            return;
         };
         if attempt > request.max_attempts {
             let error = format!(
@@ -469,24 +520,28 @@ impl Runtime {
 
         let (progress_tx, progress_rx) = watch::channel(None);
         let cancel = CancellationToken::new();
+        let blocking = TaskTracker::new();
         let ctx = JobContext::new(
             Arc::clone(&request),
             attempt,
             Arc::new(progress_tx),
             cancel.clone(),
+            blocking.clone(),
         );
-        let keepalive_done = CancellationToken::new();
+        // Heartbeats go on until the job is acked, nacked or released, not just until the
+        // handler returns: recording the outcome can take a while when NATS is slow.
+        let leased = CancellationToken::new();
         let keepalive = self.keepalive(
             &message,
             &request,
             attempt,
             progress_rx,
             &trace,
-            keepalive_done.clone(),
+            leased.clone(),
         );
         let work = async {
             let run = AssertUnwindSafe(handler.call(payload, ctx)).catch_unwind();
-            tokio::select! {
+            let outcome = tokio::select! {
                 outcome = run => Some(outcome.unwrap_or_else(|panic| Err(JobError::Retryable(
                     format!("the handler panicked: {}", panic_message(&panic)),
                 )))),
@@ -494,35 +549,53 @@ impl Runtime {
                     "timed out after {}s", timeout.as_secs_f64()
                 )))),
                 () = release.cancelled() => None,
+            };
+            // Whatever ended the run, the handler must stop (timeouts, shutdown) ...
+            cancel.cancel();
+            // ... and CPU work it left on the blocking pool keeps this job's slot until it
+            // returns, so a timed-out job cannot overbook the cores.
+            blocking.close();
+            if tokio::time::timeout(BLOCKING_GRACE, blocking.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!("Blocking work ignored cancellation; freeing its slot anyway.");
             }
+            if let Err(e) = await_ack(started).await {
+                tracing::warn!(error = %e, "The started event was not confirmed.");
+            }
+            match outcome {
+                Some(outcome) => {
+                    self.record(&message, &request, attempt, outcome, &trace)
+                        .await
+                }
+                None => {
+                    tracing::info!("Releasing the job to another replica (shutdown).");
+                    if let Err(e) = message.ack_with(AckKind::Nak(None)).await {
+                        tracing::warn!(error = %e, "Could not release the job.");
+                    }
+                }
+            }
+            leased.cancel();
         };
-        let (outcome, ()) = tokio::join!(
-            async {
-                let outcome = work.await;
-                // Whatever ended the run, the handler must stop (timeouts, shutdown).
-                cancel.cancel();
-                keepalive_done.cancel();
-                outcome
-            },
-            keepalive
-        );
+        tokio::join!(work, keepalive);
+    }
 
-        if let Err(e) = await_ack(started).await {
-            tracing::warn!(error = %e, "The started event was not confirmed.");
-        }
-        let Some(outcome) = outcome else {
-            tracing::info!("Releasing the job to another replica (shutdown).");
-            if let Err(e) = message.ack_with(AckKind::Nak(None)).await {
-                tracing::warn!(error = %e, "Could not release the job.");
-            }
-            return;
-        };
+    /// Publishes the outcome of a run, then acks, naks with a delay, or fails the job.
+    async fn record(
+        &self,
+        message: &jetstream::Message,
+        request: &JobRequest,
+        attempt: u32,
+        outcome: Result<serde_json::Value, JobError>,
+        trace: &HeaderMap,
+    ) {
         match outcome {
             Ok(result) => {
-                let event = JobEvent::new(&request, attempt, Change::Succeeded { result });
-                match self.publish_event(&event, &trace).await {
+                let event = JobEvent::new(request, attempt, Change::Succeeded { result });
+                match self.publish_event(&event, trace).await {
                     Published::Confirmed => {
-                        self.confirm_ack(&message).await;
+                        self.confirm_ack(message).await;
                         tracing::debug!("Job succeeded.");
                     }
                     // Retrying cannot make it smaller: fail now, with the reason.
@@ -531,26 +604,26 @@ impl Runtime {
                             "the result is larger than the NATS server accepts in one message; \
                                      return a reference to large results instead"
                                 .to_string();
-                        self.fail(&message, &request, attempt, error, &trace).await;
+                        self.fail(message, request, attempt, error, trace).await;
                     }
                     Published::NotConfirmed => {}
                 }
             }
             Err(JobError::Retryable(error)) if attempt < request.max_attempts => {
                 let delay = self.config.retry_delay(attempt);
-                tracing::info!(%error, retry_in_ms = delay.as_millis() as u64, "Job attempt failed; will retry.");
                 let retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+                tracing::info!(%error, retry_in_ms, "Job attempt failed; will retry.");
                 let error = clip(error);
                 let event =
-                    JobEvent::new(&request, attempt, Change::Retrying { error, retry_in_ms });
-                if self.publish_event(&event, &trace).await == Published::Confirmed
+                    JobEvent::new(request, attempt, Change::Retrying { error, retry_in_ms });
+                if self.publish_event(&event, trace).await == Published::Confirmed
                     && let Err(e) = message.ack_with(AckKind::Nak(Some(delay))).await
                 {
                     tracing::warn!(error = %e, "Could not schedule the retry; ack_wait will.");
                 }
             }
             Err(JobError::Retryable(error) | JobError::Permanent(error)) => {
-                self.fail(&message, &request, attempt, error, &trace).await;
+                self.fail(message, request, attempt, error, trace).await;
             }
         }
     }
@@ -696,9 +769,11 @@ impl Runtime {
                         }
                     }
                     let Some(current) = *progress.borrow_and_update() else { continue };
+                    // Not waiting for the PubAck: a slow one must not hold back heartbeats,
+                    // and a lost progress report is superseded by the next.
                     let event = JobEvent::new(request, attempt, Change::Progress(current));
-                    if let Err(e) = await_ack(self.send_event(&event, trace).await).await {
-                        tracing::debug!(error = %e, "Progress event not confirmed.");
+                    if let Err(e) = self.send_event(&event, trace).await {
+                        tracing::debug!(error = %e, "Progress event not sent.");
                     }
                     last_report = tokio::time::Instant::now();
                 }
@@ -786,6 +861,18 @@ impl Runtime {
 }
 
 const PUBLISH_TRIES: u32 = 5;
+/// How long a finished or abandoned job waits for CPU work it started to return.
+const BLOCKING_GRACE: Duration = Duration::from_secs(60);
+
+/// What a job's events say about its earlier runs.
+enum Prior {
+    /// It reached a terminal state.
+    Finished,
+    /// Its last run was this attempt (0: never started).
+    Started(u32),
+    /// The events could not be read; fall back to the delivery count.
+    Unknown,
+}
 /// Longest error message kept in an event (a handler may return a whole response body).
 const MAX_ERROR_LEN: usize = 4096;
 

@@ -1,3 +1,4 @@
 //! Provisioning against a real nats-server.
 
 mod provision;
+mod runtime;

@@ -1,0 +1,339 @@
+//! The processor runtime against a real nats-server: retries with backoff, giving up into
+//! the dead-letter stream, timeouts, panics, and bounded concurrency.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::PullConsumer};
+use futures::StreamExt as _;
+use jetjobs::job::{JobRequest, now};
+use jetjobs::layout::{self, Layout};
+use jetjobs::processor::{Handler, JobContext, JobError, KindDef, Processor, RuntimeConfig};
+use jetjobs::testing::NatsServer;
+use jetjobs::{JobId, Kind, subjects};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Deserialize, JsonSchema)]
+struct Flaky {
+    /// Attempts that fail before one succeeds.
+    fail_first: u32,
+    #[serde(default)]
+    permanent: bool,
+    #[serde(default)]
+    panic: bool,
+    #[serde(default)]
+    hang: bool,
+    #[serde(default)]
+    busy_ms: u64,
+}
+
+/// A test kind that fails, panics or hangs on request, and counts how many run at once.
+#[derive(Clone, Default)]
+struct Tester {
+    running: Arc<AtomicUsize>,
+    peak: Arc<AtomicUsize>,
+}
+
+impl Handler for Tester {
+    type Payload = Flaky;
+    type Output = Value;
+
+    fn def(&self) -> KindDef {
+        KindDef::new("flaky", "fails on request").timeout_secs(2)
+    }
+
+    async fn handle(&self, p: Flaky, ctx: JobContext) -> Result<Value, JobError> {
+        let now_running = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now_running, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(p.busy_ms)).await;
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        if p.hang {
+            std::future::pending::<()>().await;
+        }
+        if ctx.attempt() <= p.fail_first {
+            if p.panic {
+                panic!("boom on attempt {}", ctx.attempt());
+            }
+            let message = format!("failure on attempt {}", ctx.attempt());
+            return Err(if p.permanent {
+                JobError::permanent(message)
+            } else {
+                JobError::retryable(message)
+            });
+        }
+        Ok(json!({"attempt": ctx.attempt()}))
+    }
+}
+
+struct Harness {
+    _nats: NatsServer,
+    js: jetstream::Context,
+    shutdown: CancellationToken,
+    tester: Tester,
+}
+
+impl Harness {
+    async fn start(concurrency: usize) -> Self {
+        let nats = NatsServer::start();
+        let client = nats.client().await;
+        let js = jetstream::new(client.clone());
+        let tester = Tester::default();
+        let processor = Processor::new("processor-test").handler(tester.clone());
+        let layout = Layout {
+            processors: vec![processor.spec()],
+            ..Layout::default()
+        };
+        layout::provision(&js, &layout).await.expect("provision");
+        let config = RuntimeConfig {
+            concurrency,
+            retry_base_ms: 20,
+            retry_max_ms: 100,
+            ..RuntimeConfig::default()
+        };
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            processor
+                .run(client, config, stop)
+                .await
+                .expect("processor runs");
+        });
+        Self {
+            _nats: nats,
+            js,
+            shutdown,
+            tester,
+        }
+    }
+
+    async fn submit(&self, payload: Value, max_attempts: u32) -> JobId {
+        let request = JobRequest {
+            id: JobId::new_v7(),
+            kind: Kind::new("flaky").expect("kind"),
+            payload,
+            max_attempts,
+            timeout_secs: None,
+            created_at: now(),
+        };
+        self.js
+            .publish(
+                subjects::submit(&request.kind),
+                serde_json::to_vec(&request).expect("encode").into(),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+        request.id
+    }
+
+    /// The job's events as `(type, attempt, event)`, waiting until one is terminal.
+    async fn outcome(&self, id: JobId) -> Vec<(String, u64, Value)> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let events = self.events(id).await;
+            if events
+                .iter()
+                .any(|(t, _, _)| matches!(t.as_str(), "succeeded" | "failed" | "cancelled"))
+            {
+                return events;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job {id} did not finish: {events:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn events(&self, id: JobId) -> Vec<(String, u64, Value)> {
+        let stream = self.js.get_stream("JOB_EVENTS").await.expect("stream");
+        let consumer = stream
+            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                filter_subject: format!("jobs.events.flaky.{id}"),
+                ..Default::default()
+            })
+            .await
+            .expect("consumer");
+        let mut messages = consumer.messages().await.expect("messages");
+        let mut events = Vec::new();
+        while let Ok(Some(Ok(message))) =
+            tokio::time::timeout(Duration::from_millis(300), messages.next()).await
+        {
+            let event: Value = serde_json::from_slice(&message.payload).expect("event");
+            events.push((
+                event["type"].as_str().expect("type").to_string(),
+                event["attempt"].as_u64().expect("attempt"),
+                event,
+            ));
+        }
+        events
+    }
+
+    async fn dead_letters(&self) -> u64 {
+        let mut stream = self.js.get_stream("JOBS_DEAD").await.expect("stream");
+        stream.info().await.expect("info").state.messages
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn types(events: &[(String, u64, Value)]) -> Vec<(&str, u64)> {
+    events.iter().map(|(t, a, _)| (t.as_str(), *a)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retryable_failure_is_retried_with_backoff_until_it_succeeds() {
+    let harness = Harness::start(4).await;
+    let id = harness.submit(json!({"fail_first": 2}), 3).await;
+    let events = harness.outcome(id).await;
+    assert_eq!(
+        types(&events),
+        vec![
+            ("started", 1),
+            ("retrying", 1),
+            ("started", 2),
+            ("retrying", 2),
+            ("started", 3),
+            ("succeeded", 3),
+        ]
+    );
+    let retrying = &events[1].2;
+    assert_eq!(retrying["error"], "failure on attempt 1");
+    assert!(retrying["retry_in_ms"].as_u64().is_some_and(|ms| ms >= 10));
+    assert_eq!(events[5].2["result"], json!({"attempt": 3}));
+    assert_eq!(harness.dead_letters().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_failed_attempt_fails_the_job_and_dead_letters_it() {
+    let harness = Harness::start(4).await;
+    let id = harness.submit(json!({"fail_first": 99}), 2).await;
+    let events = harness.outcome(id).await;
+    assert_eq!(
+        types(&events),
+        vec![
+            ("started", 1),
+            ("retrying", 1),
+            ("started", 2),
+            ("failed", 2)
+        ]
+    );
+    assert_eq!(events[3].2["error"], "failure on attempt 2");
+    assert_eq!(harness.dead_letters().await, 1);
+
+    let dead = harness
+        .js
+        .get_stream("JOBS_DEAD")
+        .await
+        .expect("stream")
+        .get_last_raw_message_by_subject("jobs.dead.flaky")
+        .await
+        .expect("dead letter");
+    let request: JobRequest = serde_json::from_slice(&dead.payload).expect("the job, as submitted");
+    assert_eq!(request.id, id);
+    assert_eq!(
+        dead.headers.get("Jetjobs-Error").map(|v| v.as_str()),
+        Some("failure on attempt 2")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_error_fails_at_once() {
+    let harness = Harness::start(4).await;
+    let id = harness
+        .submit(json!({"fail_first": 99, "permanent": true}), 5)
+        .await;
+    let events = harness.outcome(id).await;
+    assert_eq!(types(&events), vec![("started", 1), ("failed", 1)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_is_a_retryable_failure_and_the_processor_keeps_serving() {
+    let harness = Harness::start(4).await;
+    let id = harness
+        .submit(json!({"fail_first": 1, "panic": true}), 3)
+        .await;
+    let events = harness.outcome(id).await;
+    assert_eq!(
+        types(&events),
+        vec![
+            ("started", 1),
+            ("retrying", 1),
+            ("started", 2),
+            ("succeeded", 2)
+        ]
+    );
+    assert!(
+        events[1].2["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("panicked") && e.contains("boom on attempt 1")),
+        "{:?}",
+        events[1]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_past_its_timeout_is_stopped_and_counted_as_a_failed_attempt() {
+    let harness = Harness::start(4).await;
+    let id = harness
+        .submit(json!({"fail_first": 0, "hang": true}), 1)
+        .await;
+    let events = harness.outcome(id).await;
+    assert_eq!(types(&events), vec![("started", 1), ("failed", 1)]);
+    assert!(
+        events[1].2["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("timed out after 2s")),
+        "{:?}",
+        events[1]
+    );
+    // The processor still serves other jobs.
+    let next = harness.submit(json!({"fail_first": 0}), 1).await;
+    let events = harness.outcome(next).await;
+    assert_eq!(types(&events), vec![("started", 1), ("succeeded", 1)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_more_jobs_in_flight_than_the_concurrency_limit() {
+    let harness = Harness::start(3).await;
+    let mut ids = Vec::new();
+    for _ in 0..30 {
+        ids.push(
+            harness
+                .submit(json!({"fail_first": 0, "busy_ms": 50}), 1)
+                .await,
+        );
+    }
+    let stream = harness.js.get_stream("JOBS").await.expect("JOBS");
+    let mut consumer: PullConsumer = stream
+        .get_consumer("processor-test")
+        .await
+        .expect("consumer");
+    let mut max_ack_pending = 0;
+    for _ in 0..40 {
+        let info = consumer.info().await.expect("info");
+        max_ack_pending = max_ack_pending.max(info.num_ack_pending);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    for id in ids {
+        harness.outcome(id).await;
+    }
+    assert_eq!(
+        harness.tester.peak.load(Ordering::SeqCst),
+        3,
+        "ran 3 at once at most (and at least)"
+    );
+    assert!(
+        max_ack_pending <= 3,
+        "the processor held {max_ack_pending} jobs with 3 slots"
+    );
+}
