@@ -155,6 +155,36 @@ async fn every_bad_request_is_a_problem_and_leaves_nothing_behind() {
         .expect("send");
     assert_problem(response, StatusCode::NOT_FOUND).await;
 
+    // Unsupported method on a known route.
+    let response = http
+        .delete(system.url("/v1/jobs"))
+        .send()
+        .await
+        .expect("send");
+    assert_problem(response, StatusCode::METHOD_NOT_ALLOWED).await;
+
+    // Rejections that come with an id or a key must not leave a claim behind either.
+    for body in [
+        json!({"kind": "transcode"}),
+        json!({"kind": "noop", "max_attempts": 0}),
+    ] {
+        let response = http
+            .post(&jobs)
+            .header("idempotency-key", "bad-request-key")
+            .json(&body)
+            .send()
+            .await
+            .expect("send");
+        assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+        let response = http
+            .put(system.url(&format!("/v1/jobs/{}", uuid::Uuid::now_v7())))
+            .json(&body)
+            .send()
+            .await
+            .expect("send");
+        assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+    }
+
     assert_eq!(
         footprint(&system).await,
         before,

@@ -144,3 +144,60 @@ async fn racing_submissions_with_one_idempotency_key_make_one_job() {
     let other: Value = response.json().await.expect("snapshot");
     assert_ne!(other["id"], id.as_str());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_puts_of_one_id_make_one_job_even_while_it_runs() {
+    let system = System::start().await;
+    let id = uuid::Uuid::now_v7();
+    let url = system.url(&format!("/v1/jobs/{id}"));
+    let body = json!({"kind": "sleep", "payload": {"ms": 500}});
+    let puts = (0..16).map(|_| {
+        let request = system.http.put(&url).json(&body);
+        async move { request.send().await.expect("PUT").status() }
+    });
+    let statuses = futures::future::join_all(puts).await;
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::ACCEPTED)
+            .count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == StatusCode::ACCEPTED || *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+    // While it is still running, the same PUT answers the live snapshot.
+    let again = system.http.put(&url).json(&body).send().await.expect("PUT");
+    assert_eq!(again.status(), StatusCode::OK);
+    let snapshot: Value = again.json().await.expect("snapshot");
+    assert!(matches!(
+        snapshot["state"].as_str(),
+        Some("queued" | "running")
+    ));
+
+    let done = system
+        .wait_terminal(&id.to_string(), Duration::from_secs(30))
+        .await;
+    assert_eq!(done["attempt"], 1);
+    assert_eq!(system.stream_last_seq("JOBS").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_onto_the_id_of_a_posted_job_is_a_conflict() {
+    let system = System::start().await;
+    let posted = system.submit("noop", json!({})).await;
+    let id = posted["id"].as_str().expect("id");
+    let response = system
+        .http
+        .put(system.url(&format!("/v1/jobs/{id}")))
+        .json(&json!({"kind": "sleep", "payload": {"ms": 1}}))
+        .send()
+        .await
+        .expect("PUT");
+    assert_problem(response, StatusCode::CONFLICT).await;
+    assert_eq!(system.stream_last_seq("JOBS").await, 1, "no second job");
+}

@@ -52,11 +52,14 @@ async fn projection_idle(system: &System) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shuffled_and_repeated_events_end_in_the_right_state_without_regressions() {
-    let system = System::start_with(Options {
+    let mut system = System::start_with(Options {
         run_io: false,
         ..Options::default()
     })
     .await;
+    // Two projectors share the consumer and race for the same keys: only the
+    // compare-and-set on the revision keeps one from overwriting the other's newer write.
+    let second = crate::helpers::start_status(&system.nats.url());
     let kind = Kind::new("hash").expect("kind");
     let jobs: Vec<JobRequest> = (0..40)
         .map(|_| JobRequest {
@@ -135,6 +138,10 @@ async fn shuffled_and_repeated_events_end_in_the_right_state_without_regressions
             previous = now;
         }
     }
+
+    second.stop().await;
+    system.stop_status().await;
+    system.start_status();
 
     // Late events after the end change nothing: a stale worker of attempt 1 giving up,
     // a redelivery of attempt 2, a phantom attempt 3.
