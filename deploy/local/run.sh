@@ -35,10 +35,17 @@ trap stop INT TERM EXIT
 "$NATS_SERVER_BIN" -js -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MONITOR_PORT" \
   --store_dir "$RUN_DIR/nats" -n jetjobs-local >"$RUN_DIR/logs/nats.log" 2>&1 &
 pids+=($!)
+nats_ready=no
 for _ in $(seq 1 100); do
-  if python3 -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:${NATS_MONITOR_PORT}/healthz?js-enabled-only=true', timeout=1)" 2>/dev/null; then break; fi
+  if ! kill -0 "${pids[0]}" 2>/dev/null; then break; fi
+  if python3 -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:${NATS_MONITOR_PORT}/healthz?js-enabled-only=true', timeout=1)" 2>/dev/null; then nats_ready=yes; break; fi
   sleep 0.1
 done
+if [ "$nats_ready" != yes ] || ! kill -0 "${pids[0]}" 2>/dev/null; then
+  echo "nats-server did not start (is port $NATS_PORT or $NATS_MONITOR_PORT in use?):" >&2
+  tail -n 5 "$RUN_DIR/logs/nats.log" >&2
+  exit 1
+fi
 
 "$BIN/jetjobs-admin" provision
 

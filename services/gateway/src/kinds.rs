@@ -9,12 +9,50 @@ use async_nats::jetstream::kv;
 use futures::StreamExt as _;
 use jetjobs::Kind;
 use jetjobs::kinds::{self, KindInfo, RegistryError};
+
 use tokio_util::sync::CancellationToken;
 
 #[derive(Clone)]
 pub struct KindCache {
     bucket: kv::Store,
-    known: Arc<RwLock<BTreeMap<Kind, KindInfo>>>,
+    known: Arc<RwLock<BTreeMap<Kind, Registered>>>,
+}
+
+/// A registered kind, with its payload schema compiled once.
+#[derive(Clone)]
+pub struct Registered {
+    pub info: KindInfo,
+    validator: Option<Arc<jsonschema::Validator>>,
+}
+
+impl Registered {
+    fn new(info: KindInfo) -> Self {
+        let validator = match jsonschema::validator_for(&info.payload_schema) {
+            Ok(validator) => Some(Arc::new(validator)),
+            Err(e) => {
+                tracing::warn!(kind = %info.kind, error = %e, "Unusable payload schema; payloads of this kind go unchecked.");
+                None
+            }
+        };
+        Self { info, validator }
+    }
+
+    /// Checks a payload against the kind's schema; the errors say where and what.
+    pub fn check(&self, payload: &serde_json::Value) -> Result<(), Vec<(String, String)>> {
+        let Some(validator) = &self.validator else {
+            return Ok(());
+        };
+        let errors: Vec<(String, String)> = validator
+            .iter_errors(payload)
+            .take(10)
+            .map(|e| (format!("/payload{}", e.instance_path()), e.to_string()))
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
 }
 
 impl KindCache {
@@ -62,7 +100,7 @@ impl KindCache {
         match entry.operation {
             kv::Operation::Put => match kinds::decode(&entry.key, &entry.value) {
                 Ok(info) => {
-                    known.insert(kind, info);
+                    known.insert(kind, Registered::new(info));
                 }
                 Err(e) => tracing::warn!(error = %e, "Ignoring a bad kind registration."),
             },
@@ -72,23 +110,24 @@ impl KindCache {
         }
     }
 
-    pub async fn lookup(&self, kind: &Kind) -> Result<Option<KindInfo>, RegistryError> {
-        if let Some(info) = self
+    pub async fn lookup(&self, kind: &Kind) -> Result<Option<Registered>, RegistryError> {
+        if let Some(registered) = self
             .known
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(kind)
         {
-            return Ok(Some(info.clone()));
+            return Ok(Some(registered.clone()));
         }
-        let info = kinds::lookup(&self.bucket, kind).await?;
-        if let Some(info) = &info {
-            self.known
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(kind.clone(), info.clone());
-        }
-        Ok(info)
+        let Some(info) = kinds::lookup(&self.bucket, kind).await? else {
+            return Ok(None);
+        };
+        let registered = Registered::new(info);
+        self.known
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(kind.clone(), registered.clone());
+        Ok(Some(registered))
     }
 
     /// Every registered kind. From the watched cache (a client sending unknown kinds

@@ -72,8 +72,8 @@ pub async fn submit(
     identity: Identity,
     body: SubmitBody,
 ) -> Result<Accepted, ApiError> {
-    let info = match state.kinds.lookup(&body.kind).await {
-        Ok(Some(info)) => info,
+    let registered = match state.kinds.lookup(&body.kind).await {
+        Ok(Some(registered)) => registered,
         Ok(None) => return Err(unknown_kind(state, &body.kind).await),
         Err(e) => {
             return Err(ApiError::unavailable(
@@ -97,6 +97,28 @@ pub async fn submit(
         )));
     }
 
+    if let Err(errors) = registered.check(&body.payload) {
+        let detail = format!(
+            "the payload does not fit kind {}: {}",
+            body.kind,
+            errors
+                .iter()
+                .map(|(path, message)| format!("{path}: {message}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        let errors: Vec<Value> = errors
+            .into_iter()
+            .map(|(pointer, detail)| json!({"pointer": pointer, "detail": detail}))
+            .collect();
+        return Err(ApiError::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-payload",
+            detail,
+        )
+        .with("errors", json!(errors)));
+    }
+    let info = &registered.info;
     let fingerprint = fingerprint(&body)?;
     let (id, claim_key, repeat) = match identity {
         Identity::Fresh => (JobId::new_v7(), None, false),

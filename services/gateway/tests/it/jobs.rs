@@ -152,20 +152,46 @@ async fn thumbnail_keeps_the_aspect_ratio_and_rejects_garbage_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_payload_the_processor_cannot_use_fails_the_job_without_retries() {
+async fn a_payload_that_does_not_fit_the_kinds_schema_is_refused_at_the_door() {
     let system = System::start().await;
-    let job = system.submit("sleep", json!({"seconds": 1})).await;
+    let response = system
+        .post(&json!({"kind": "sleep", "payload": {"seconds": 1}}))
+        .await;
+    let problem = crate::helpers::assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(problem["type"], "/problems/invalid-payload");
+    assert!(
+        problem["errors"].as_array().is_some_and(|e| !e.is_empty()),
+        "{problem}"
+    );
+    let response = system
+        .post(&json!({"kind": "hash", "payload": {"size": "big", "rounds": 1}}))
+        .await;
+    let problem = crate::helpers::assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert!(
+        problem["errors"][0]["pointer"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("/payload/size")),
+        "{problem}"
+    );
+    assert_eq!(
+        system.stream_last_seq("JOBS").await,
+        0,
+        "nothing was queued"
+    );
+
+    // What a schema cannot say (one of data_b64 or size) the processor checks: the job
+    // fails at once, without retries, and is kept in the dead-letter stream.
+    let job = system
+        .submit("hash", json!({"size": 1, "data_b64": "", "rounds": 1}))
+        .await;
     let failed = system
         .wait_terminal(job["id"].as_str().expect("id"), WAIT)
         .await;
     assert_eq!(failed["state"], "failed");
     assert_eq!(failed["attempt"], 1);
     assert!(
-        failed["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("invalid payload")),
+        failed["error"].as_str().is_some_and(|e| !e.is_empty()),
         "{failed}"
     );
-    // The failed job is kept in the dead-letter stream, where it can be replayed from.
     assert_eq!(system.stream_last_seq("JOBS_DEAD").await, 1);
 }
