@@ -432,7 +432,13 @@ impl Runtime {
             Ok(request) => request,
             Err(e) => return self.poison(message, delivered, e).await,
         };
-        let attempt = match self.prior_runs(&request).await {
+        // A first delivery has no earlier runs; only redeliveries pay for the lookup.
+        let prior = if delivered == 1 {
+            Prior::Started(0)
+        } else {
+            self.prior_runs(&request).await
+        };
+        let attempt = match prior {
             Prior::Finished => {
                 // Its outcome is recorded; only the ack was lost. Do not run it again.
                 tracing::info!(job_id = %request.id, "Job already finished; acking the redelivery.");
