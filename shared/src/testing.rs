@@ -137,3 +137,108 @@ impl Drop for NatsServer {
         self.kill();
     }
 }
+
+/// A nats-server with the layout for one processor provisioned and that processor running
+/// in-process: publish jobs as the gateway does, and read back their events.
+pub struct ProcessorHarness {
+    _server: NatsServer,
+    client: async_nats::Client,
+    js: async_nats::jetstream::Context,
+    shutdown: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl ProcessorHarness {
+    /// Provisions `spec`'s consumer and starts the processor with `run(nats_url, shutdown)`.
+    pub async fn start<F, Fut>(spec: crate::layout::ProcessorSpec, run: F) -> Self
+    where
+        F: FnOnce(String, tokio_util::sync::CancellationToken) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let server = NatsServer::start();
+        let client = server.client().await;
+        let js = async_nats::jetstream::new(client.clone());
+        let layout = crate::layout::Layout {
+            processors: vec![spec],
+            ..crate::layout::Layout::default()
+        };
+        crate::layout::provision(&js, &layout)
+            .await
+            .expect("provision the layout");
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(run(server.url(), shutdown.clone()));
+        Self {
+            _server: server,
+            client,
+            js,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Publishes a job as the gateway does and returns its first terminal event.
+    pub async fn run_job(&self, kind: &str, payload: serde_json::Value) -> crate::JobEvent {
+        let mut events = self.run_job_events(kind, payload).await;
+        events.pop().expect("at least the terminal event")
+    }
+
+    /// Publishes a job as the gateway does and returns its events up to the first terminal one.
+    pub async fn run_job_events(
+        &self,
+        kind: &str,
+        payload: serde_json::Value,
+    ) -> Vec<crate::JobEvent> {
+        use crate::subjects::{self, headers};
+        use futures::StreamExt as _;
+
+        let kind = crate::Kind::new(kind).expect("valid kind");
+        let request = crate::JobRequest {
+            id: crate::JobId::new_v7(),
+            kind: kind.clone(),
+            payload,
+            max_attempts: 3,
+            timeout_secs: None,
+            created_at: crate::job::now(),
+        };
+        let mut events = self
+            .client
+            .subscribe(subjects::event(&kind, request.id))
+            .await
+            .expect("subscribe to the job's events");
+        let mut message_headers = async_nats::HeaderMap::new();
+        message_headers.insert(headers::MSG_ID, request.id.to_string().as_str());
+        message_headers.insert(headers::KIND, kind.as_str());
+        message_headers.insert(headers::JOB_ID, request.id.to_string().as_str());
+        let body = serde_json::to_vec(&request).expect("encode the request");
+        self.js
+            .publish_with_headers(subjects::submit(&kind), message_headers, body.into())
+            .await
+            .expect("publish the job")
+            .await
+            .expect("the job is stored");
+        let wait = async {
+            let mut seen = Vec::new();
+            while let Some(message) = events.next().await {
+                let event: crate::JobEvent =
+                    serde_json::from_slice(&message.payload).expect("events decode");
+                let terminal = event.change.state().is_terminal();
+                seen.push(event);
+                if terminal {
+                    return seen;
+                }
+            }
+            panic!("the event subscription ended");
+        };
+        tokio::time::timeout(Duration::from_secs(20), wait)
+            .await
+            .expect("the job ends within 20s")
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task
+            .await
+            .expect("the processor task does not panic")
+            .expect("the processor stops cleanly");
+    }
+}
