@@ -65,6 +65,9 @@ pub enum Accepted {
 struct Claim {
     job_id: JobId,
     fingerprint: String,
+    /// The job's creation time, so every request that converges on the job builds the
+    /// very same `JobRequest` (and the same first snapshot).
+    created_at: chrono::DateTime<chrono::Utc>,
 }
 
 pub async fn submit(
@@ -120,11 +123,12 @@ pub async fn submit(
     }
     let info = &registered.info;
     let fingerprint = fingerprint(&body)?;
+    let mut created_at = now();
     let (id, claim_key, repeat) = match identity {
         Identity::Fresh => (JobId::new_v7(), None, false),
         Identity::ClientId(id) => {
             let key = format!("id.{id}");
-            match claim(state, &key, id, &fingerprint).await? {
+            match claim(state, &key, id, &fingerprint, created_at).await? {
                 ClaimOutcome::Won(revision) => {
                     // Jobs made by POST have no id claim: the id may still be taken.
                     if read_snapshot(state, id).await?.is_some() {
@@ -135,7 +139,10 @@ pub async fn submit(
                     }
                     (id, Some((key, revision)), false)
                 }
-                ClaimOutcome::Held(held) if held.fingerprint == fingerprint => (id, None, true),
+                ClaimOutcome::Held(held) if held.fingerprint == fingerprint => {
+                    created_at = held.created_at;
+                    (id, None, true)
+                }
                 ClaimOutcome::Held(_) => {
                     return Err(ApiError::conflict(format!(
                         "job {id} already exists with a different kind, payload or options"
@@ -146,9 +153,10 @@ pub async fn submit(
         Identity::IdempotencyKey(idempotency_key) => {
             let key = format!("key.{}", hex(&Sha256::digest(idempotency_key.as_bytes())));
             let candidate = JobId::new_v7();
-            match claim(state, &key, candidate, &fingerprint).await? {
+            match claim(state, &key, candidate, &fingerprint, created_at).await? {
                 ClaimOutcome::Won(revision) => (candidate, Some((key, revision)), false),
                 ClaimOutcome::Held(held) if held.fingerprint == fingerprint => {
+                    created_at = held.created_at;
                     (held.job_id, None, true)
                 }
                 ClaimOutcome::Held(_) => {
@@ -177,7 +185,7 @@ pub async fn submit(
         payload: body.payload,
         max_attempts: body.max_attempts.unwrap_or(info.max_attempts),
         timeout_secs: body.timeout_secs,
-        created_at: now(),
+        created_at,
     };
     if let Err(failure) = publish(state, &request).await {
         // Free the id/key only when the server certainly stored nothing. After a timeout
@@ -261,10 +269,12 @@ async fn claim(
     key: &str,
     id: JobId,
     fingerprint: &str,
+    created_at: chrono::DateTime<chrono::Utc>,
 ) -> Result<ClaimOutcome, ApiError> {
     let value = serde_json::to_vec(&Claim {
         job_id: id,
         fingerprint: fingerprint.to_string(),
+        created_at,
     })
     .map_err(|e| ApiError::internal(e.to_string()))?;
     match state.claims.create(key, value.into()).await {
