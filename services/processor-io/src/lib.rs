@@ -60,13 +60,7 @@ pub fn spec() -> ProcessorSpec {
 /// Connects to NATS and runs jobs until `shutdown` is cancelled, then finishes or
 /// releases the jobs in flight.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let client = config.nats.connect(NAME).await?;
     processor(&config)
-        .run(client.clone(), config.runtime.clone(), shutdown)
-        .await?;
-    // Lets what the runtime published (outcome events, acks) reach the server before exit.
-    if let Err(e) = client.drain().await {
-        tracing::warn!(error = %e, "Could not drain the NATS connection.");
-    }
-    Ok(())
+        .serve(&config.nats, config.runtime.clone(), shutdown)
+        .await
 }

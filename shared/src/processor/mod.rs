@@ -183,6 +183,23 @@ impl Processor {
         infos
     }
 
+    /// A processor service's whole life: connects as the processor's name, runs jobs
+    /// until `shutdown`, then drains the connection so what the runtime published
+    /// (outcome events, acks) reaches the server before the process exits.
+    pub async fn serve(
+        self,
+        nats: &crate::config::NatsArgs,
+        runtime: RuntimeConfig,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let client = nats.connect(&self.name).await?;
+        self.run(client.clone(), runtime, shutdown).await?;
+        if let Err(e) = client.drain().await {
+            tracing::warn!(error = %e, "Could not drain the NATS connection.");
+        }
+        Ok(())
+    }
+
     /// Checks the layout, registers the kinds, and runs jobs until `shutdown` is cancelled;
     /// then finishes or releases in-flight jobs and returns.
     pub async fn run(
