@@ -31,10 +31,11 @@ pub async fn create(
         None => Identity::Fresh,
         Some(value) => Identity::IdempotencyKey(idempotency_key(value)?),
     };
-    Ok(match submit::submit(&state, identity, body).await? {
-        Accepted::Created(snapshot) => accepted(StatusCode::ACCEPTED, snapshot, false)?,
-        Accepted::Replayed(snapshot) => accepted(StatusCode::ACCEPTED, snapshot, true)?,
-    })
+    // A replayed POST answers like the original did (202), as the IETF draft suggests.
+    accepted(
+        StatusCode::ACCEPTED,
+        submit::submit(&state, identity, body).await?,
+    )
 }
 
 /// `PUT /v1/jobs/{id}`: the client chooses the id; repeating the same PUT is harmless.
@@ -51,12 +52,14 @@ pub async fn put(
             "the body's id {body_id} differs from the path's id {id}"
         )));
     }
-    Ok(
-        match submit::submit(&state, Identity::ClientId(id), body).await? {
-            Accepted::Created(snapshot) => accepted(StatusCode::ACCEPTED, snapshot, false)?,
-            Accepted::Replayed(snapshot) => accepted(StatusCode::OK, snapshot, true)?,
-        },
-    )
+    let job = submit::submit(&state, Identity::ClientId(id), body).await?;
+    // An identical repeat of a PUT changes nothing: 200 with the current snapshot.
+    let status = if job.replayed {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    accepted(status, job)
 }
 
 /// `GET /v1/jobs/{id}`: the job's snapshot.
@@ -95,17 +98,13 @@ fn idempotency_key(value: &HeaderValue) -> Result<String, ApiError> {
     Ok(key.to_string())
 }
 
-fn accepted(status: StatusCode, snapshot: Bytes, replayed: bool) -> Result<Response, ApiError> {
-    let id = serde_json::from_slice::<serde_json::Value>(&snapshot)
-        .ok()
-        .and_then(|v| v.get("id").and_then(|id| id.as_str()).map(str::to_string))
-        .ok_or_else(|| ApiError::internal("a stored snapshot has no id"))?;
-    let mut response = json_response(status, snapshot);
+fn accepted(status: StatusCode, job: Accepted) -> Result<Response, ApiError> {
+    let mut response = json_response(status, job.snapshot);
     let headers = response.headers_mut();
-    let location = HeaderValue::try_from(format!("/v1/jobs/{id}"))
+    let location = HeaderValue::try_from(format!("/v1/jobs/{}", job.id))
         .map_err(|e| ApiError::internal(e.to_string()))?;
     headers.insert(header::LOCATION, location);
-    if replayed {
+    if job.replayed {
         headers.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
     }
     Ok(response)

@@ -54,11 +54,12 @@ pub enum Identity {
     IdempotencyKey(String),
 }
 
-pub enum Accepted {
-    /// This request created the job.
-    Created(Bytes),
-    /// An earlier request with the same id or key created it; here is its current snapshot.
-    Replayed(Bytes),
+/// The job a submission ended with, and its current snapshot.
+pub struct Accepted {
+    pub id: JobId,
+    pub snapshot: Bytes,
+    /// An earlier request with the same id or key created it; this one found it.
+    pub replayed: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -175,7 +176,11 @@ pub async fn submit(
         // it has a snapshot. Without one, the first request is still on its way (or died
         // between claim and publish), and publishing the same job again is safe.
         if let Some(snapshot) = read_snapshot(state, id).await? {
-            return Ok(Accepted::Replayed(snapshot));
+            return Ok(Accepted {
+                id,
+                snapshot,
+                replayed: true,
+            });
         }
     }
 
@@ -199,10 +204,10 @@ pub async fn submit(
         return Err(failure.error);
     }
     let snapshot = write_first_snapshot(state, &request).await?;
-    Ok(if repeat {
-        Accepted::Replayed(snapshot)
-    } else {
-        Accepted::Created(snapshot)
+    Ok(Accepted {
+        id,
+        snapshot,
+        replayed: repeat,
     })
 }
 

@@ -5,6 +5,22 @@ use serde_json::json;
 
 use crate::helpers::{Options, System, assert_problem};
 
+/// A POST with a body sent as is, for bodies `json()` would never produce.
+async fn post_raw(
+    system: &System,
+    content_type: &str,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
+    system
+        .http
+        .post(system.url("/v1/jobs"))
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .expect("send")
+}
+
 /// What a rejected request could have left behind: jobs, snapshots, claims.
 async fn footprint(system: &System) -> (u64, u64, u64) {
     (
@@ -26,44 +42,30 @@ async fn every_bad_request_is_a_problem_and_leaves_nothing_behind() {
     let http = &system.http;
 
     // Malformed JSON.
-    let response = http
-        .post(&jobs)
-        .header("content-type", "application/json")
-        .body("{\"kind\": ")
-        .send()
-        .await
-        .expect("send");
+    let response = post_raw(&system, "application/json", "{\"kind\": ").await;
     assert_problem(response, StatusCode::BAD_REQUEST).await;
 
     // JSON nested far too deep is malformed too, not a crash.
     let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
-    let response = http
-        .post(&jobs)
-        .header("content-type", "application/json")
-        .body(format!("{{\"kind\":\"noop\",\"payload\":{deep}}}"))
-        .send()
-        .await
-        .expect("send");
+    let response = post_raw(
+        &system,
+        "application/json",
+        format!("{{\"kind\":\"noop\",\"payload\":{deep}}}"),
+    )
+    .await;
     // Over the 4 KiB limit here; the next check uses a body under it.
     assert_problem(response, StatusCode::PAYLOAD_TOO_LARGE).await;
     let deep = format!("{}{}", "[".repeat(1_000), "]".repeat(1_000));
-    let response = http
-        .post(&jobs)
-        .header("content-type", "application/json")
-        .body(format!("{{\"kind\":\"noop\",\"payload\":{deep}}}"))
-        .send()
-        .await
-        .expect("send");
+    let response = post_raw(
+        &system,
+        "application/json",
+        format!("{{\"kind\":\"noop\",\"payload\":{deep}}}"),
+    )
+    .await;
     assert_problem(response, StatusCode::BAD_REQUEST).await;
 
     // Wrong content type.
-    let response = http
-        .post(&jobs)
-        .header("content-type", "text/plain")
-        .body(r#"{"kind":"noop"}"#)
-        .send()
-        .await
-        .expect("send");
+    let response = post_raw(&system, "text/plain", r#"{"kind":"noop"}"#).await;
     assert_problem(response, StatusCode::UNSUPPORTED_MEDIA_TYPE).await;
 
     // Too large.
