@@ -1,0 +1,15 @@
+//! The fault-injection suite: each scenario runs a real workload against a real
+//! nats-server, breaks something on purpose, and checks that every job that got a 202
+//! ended in a terminal state, ran to success at most once, and never moved backwards.
+//!
+//! Every scenario writes its row of the results table to `docs/reliability.md`
+//! (see [`report`]), so the document always shows the latest run.
+
+mod report;
+
+/// Scenarios kill processes and load the machine on purpose; running two at once would
+/// make each other's timings (ack_wait, failover) meaningless, so they take turns.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    SERIAL.lock().await
+}

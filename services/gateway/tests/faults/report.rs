@@ -1,0 +1,107 @@
+//! The results table in `docs/reliability.md`, written by the suite itself.
+//!
+//! Each scenario stores its row as `target/reliability/<number>.json`; after every
+//! scenario the table is rendered again from all rows present, so a run of the whole
+//! suite rewrites every row, and a run of one scenario updates only its own.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Row {
+    /// The scenario's number in the issue's list (1–10), which orders the table.
+    pub number: u32,
+    pub scenario: String,
+    /// Jobs that got a 202 (or, for HTTP scenarios, requests made).
+    pub jobs: usize,
+    /// Accepted jobs that never reached a terminal state.
+    pub lost: usize,
+    /// Accepted jobs that ran to success more than once, or have more than one terminal event.
+    pub duplicated: usize,
+    /// Snapshot updates that moved a job backwards.
+    pub regressions: usize,
+    /// From the fault (or its repair) to the system completing work again.
+    pub recovery: Option<Duration>,
+    /// What was injected and anything worth knowing about the outcome.
+    pub notes: String,
+}
+
+fn workspace_root() -> PathBuf {
+    // CARGO_MANIFEST_DIR = <root>/services/gateway
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
+}
+
+/// Stores `row` and renders `docs/reliability.md` again.
+pub fn record(row: &Row) {
+    let root = workspace_root();
+    let rows_dir = root.join("target/reliability");
+    std::fs::create_dir_all(&rows_dir).expect("create target/reliability");
+    let path = rows_dir.join(format!("{:02}.json", row.number));
+    let json = serde_json::to_vec_pretty(row).expect("encode row");
+    std::fs::write(&path, json).expect("write row");
+
+    let mut rows: Vec<Row> = std::fs::read_dir(&rows_dir)
+        .expect("read target/reliability")
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .filter_map(|e| std::fs::read(e.path()).ok())
+        .filter_map(|bytes| serde_json::from_slice(&bytes).ok())
+        .collect();
+    rows.sort_by_key(|r| r.number);
+    let docs = root.join("docs");
+    std::fs::create_dir_all(&docs).expect("create docs/");
+    std::fs::write(docs.join("reliability.md"), render(&rows)).expect("write docs/reliability.md");
+}
+
+fn render(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "# Reliability: fault-injection results\n\n\
+         Written by the fault-injection suite (`services/gateway/tests/faults`), which runs in\n\
+         `.ci/run`; do not edit by hand. Each scenario runs a real workload against a real\n\
+         `nats-server`, injects its fault, and then checks every job that got a 202:\n\n\
+         - **lost**: it never reached a terminal state;\n\
+         - **duplicated**: it ran to success more than once, or has more than one terminal event;\n\
+         - **regressions**: a snapshot update that moved it backwards (watched on `job_status`\n\
+           during the whole run);\n\
+         - **time to recover**: from the fault (or its repair, for faults that need one) until\n\
+           the system completed work again.\n\n\
+         | # | scenario | jobs | lost | duplicated | regressions | time to recover | notes |\n\
+         | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |\n",
+    );
+    for row in rows {
+        let recovery = row
+            .recovery
+            .map_or_else(|| "—".to_string(), |d| format!("{:.2} s", d.as_secs_f64()));
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            row.number,
+            row.scenario,
+            row.jobs,
+            row.lost,
+            row.duplicated,
+            row.regressions,
+            recovery,
+            row.notes.replace('|', "\\|").replace('\n', " "),
+        ));
+    }
+    let host = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_string());
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    out.push_str(&format!(
+        "\nLast written {} on {cpus} × {host} (debug build, as `.ci/run` builds it).\n",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+    ));
+    out
+}
