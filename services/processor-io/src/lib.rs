@@ -2,7 +2,9 @@
 //!
 //! - `sleep`: waits `ms` milliseconds without holding a thread (a stand-in for calling a
 //!   slow API), stopping early when the job is cancelled;
-//! - `noop`: does nothing, as cheaply as possible, so benchmarks measure the pipeline.
+//! - `noop`: does nothing, as cheaply as possible, so benchmarks measure the pipeline;
+//! - `flaky`: fails as asked (retryable, permanent, panic, hang), to see retries,
+//!   timeouts and dead letters at work.
 
 pub mod kinds;
 
@@ -21,7 +23,7 @@ pub const DEFAULT_SLEEP_MAX_MS: u64 = 60_000;
 #[command(
     name = "jetjobs-processor-io",
     version,
-    about = "jetjobs processor for I/O-bound kinds: sleep, noop."
+    about = "jetjobs processor for I/O-bound kinds: sleep, noop, flaky."
 )]
 pub struct Config {
     #[command(flatten)]
@@ -50,6 +52,7 @@ pub fn processor(config: &Config) -> Processor {
     Processor::new(NAME)
         .handler(kinds::sleep::Sleep::new(config.sleep_max_ms))
         .handler(kinds::noop::Noop)
+        .handler(kinds::flaky::Flaky)
 }
 
 /// The consumer name and kinds, for provisioning; independent of any config.

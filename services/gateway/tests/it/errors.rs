@@ -101,7 +101,7 @@ async fn every_bad_request_is_a_problem_and_leaves_nothing_behind() {
     let problem = assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY).await;
     assert_eq!(
         problem["kinds"],
-        json!(["hash", "noop", "sleep", "thumbnail"])
+        json!(["flaky", "hash", "noop", "sleep", "thumbnail"])
     );
     assert!(
         problem["detail"]

@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub const ALL_KINDS: [&str; 4] = ["hash", "noop", "sleep", "thumbnail"];
+pub const ALL_KINDS: [&str; 5] = ["flaky", "hash", "noop", "sleep", "thumbnail"];
 
 /// Knobs a scenario may turn.
 #[derive(Clone, Debug)]
