@@ -9,6 +9,8 @@ mod extract;
 mod health;
 mod jobs;
 mod kinds;
+mod nats_guard;
+pub mod serve;
 mod submit;
 
 use std::net::SocketAddr;
@@ -18,6 +20,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, kv};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::middleware;
 use axum::routing::{get, post};
 use jetjobs::config::NatsArgs;
 use jetjobs::layout;
@@ -39,6 +42,23 @@ pub struct Config {
     /// Largest request body accepted (bytes).
     #[arg(long, env = "JETJOBS_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
+    /// A connection must send a complete request head within this many seconds (also
+    /// how long an idle keep-alive connection stays open).
+    #[arg(long, env = "JETJOBS_HEADER_TIMEOUT_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout_secs: u64,
+    /// A request (body included) must be answered within this many seconds: `503`, or
+    /// `408` if the body had not arrived. Streaming routes are exempt.
+    #[arg(long, env = "JETJOBS_REQUEST_TIMEOUT_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout_secs: u64,
+    /// Open connections at most; beyond it clients wait in the listen backlog.
+    #[arg(long, env = "JETJOBS_MAX_CONNECTIONS", default_value_t = 4096,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_connections: usize,
+    /// On shutdown, how long in-flight requests may take to finish.
+    #[arg(long, env = "JETJOBS_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
 }
 
 impl Config {
@@ -47,6 +67,18 @@ impl Config {
             nats: NatsArgs::local(nats_url),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             max_body_bytes: 1 << 20,
+            header_timeout_secs: 10,
+            request_timeout_secs: 30,
+            max_connections: 1024,
+            shutdown_grace_secs: 2,
+        }
+    }
+
+    fn limits(&self) -> serve::Limits {
+        serve::Limits {
+            header_timeout: Duration::from_secs(self.header_timeout_secs),
+            max_connections: self.max_connections,
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
         }
     }
 }
@@ -61,10 +93,23 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState, config: &Config) -> Router {
-    Router::new()
+    // Request/response routes: each request must be answered within the request timeout.
+    let timed = Router::new()
         .route("/v1/jobs", post(jobs::create))
         .route("/v1/jobs/{id}", get(jobs::get).put(jobs::put))
-        .route("/healthz", get(health::healthz))
+        .route_layer(middleware::from_fn_with_state(
+            Duration::from_secs(config.request_timeout_secs),
+            serve::request_timeout,
+        ));
+    // Long-lived routes (long-poll, SSE, WebSocket) go here, outside the request timeout;
+    // they should end by themselves on shutdown (the grace period cuts them otherwise).
+    let streaming: Router<AppState> = Router::new();
+    // `route_layer`: an unknown /v1 path is still a 404, whatever the connection.
+    let v1 = timed.merge(streaming).route_layer(middleware::from_fn_with_state(
+        state.client.clone(),
+        nats_guard::require_nats,
+    ));
+    v1.route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
@@ -113,10 +158,7 @@ pub async fn run(
             .with_context(|| format!("binding {}", config.listen))?,
     };
     tracing::info!(addr = %listener.local_addr()?, "Gateway listening.");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-        .context("serving HTTP")?;
+    serve::serve(listener, app, config.limits(), shutdown).await;
     if let Err(e) = tokio::time::timeout(Duration::from_secs(5), client.flush()).await {
         tracing::warn!(error = %e, "Could not flush NATS on shutdown.");
     }
