@@ -105,10 +105,12 @@ pub fn router(state: AppState, config: &Config) -> Router {
     // they should end by themselves on shutdown (the grace period cuts them otherwise).
     let streaming: Router<AppState> = Router::new();
     // `route_layer`: an unknown /v1 path is still a 404, whatever the connection.
-    let v1 = timed.merge(streaming).route_layer(middleware::from_fn_with_state(
-        state.client.clone(),
-        nats_guard::require_nats,
-    ));
+    let v1 = timed
+        .merge(streaming)
+        .route_layer(middleware::from_fn_with_state(
+            state.client.clone(),
+            nats_guard::require_nats,
+        ));
     v1.route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
