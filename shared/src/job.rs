@@ -117,7 +117,7 @@ pub const MAX_ATTEMPTS_LIMIT: u32 = 25;
 /// Upper bound on `timeout_secs`, whatever a client asks for (one day).
 pub const MAX_TIMEOUT_SECS: u64 = 86_400;
 
-/// The message published on `jobs.submit.<kind>`: everything a processor needs to run the job.
+/// The message published on `jobs.submit.<kind>.<id>`: everything a processor needs to run the job.
 ///
 /// `max_attempts` and `created_at` also travel in every event, so the status service can
 /// build a complete snapshot from events alone (a fast job can finish before the gateway's
@@ -127,11 +127,21 @@ pub struct JobRequest {
     pub id: JobId,
     pub kind: Kind,
     pub payload: Value,
+    /// The last attempt this request may run: attempts are numbered across retries, so
+    /// after a retry of a job that failed on attempt 3 with 3 allowed, this is 6.
     pub max_attempts: u32,
     /// Per-attempt time limit; `None` means the kind's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
     pub created_at: DateTime<Utc>,
+    /// Attempts the job had before this request was queued: 0 for a new job, the failed
+    /// attempt's number for a retry (`POST /v1/jobs/{id}/retry`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub prior_attempts: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// How far a running job has come, as reported by its handler.

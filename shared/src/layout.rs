@@ -41,7 +41,7 @@ pub struct ProcessorSpec {
 
 impl ProcessorSpec {
     pub fn filter_subjects(&self) -> Vec<String> {
-        let mut subjects: Vec<String> = self.kinds.iter().map(subjects::submit).collect();
+        let mut subjects: Vec<String> = self.kinds.iter().map(subjects::submit_filter).collect();
         subjects.sort();
         subjects
     }
@@ -111,6 +111,12 @@ impl Layout {
             max_messages: self.jobs_max_msgs,
             max_bytes: self.jobs_max_bytes,
             discard: DiscardPolicy::New,
+            // One subject per job: a job is queued at most once, even when a retried
+            // submission comes after the duplicate window.
+            max_messages_per_subject: 1,
+            discard_new_per_subject: true,
+            // The gateway checks whether a job still waits; `--rebuild` reads waiting jobs.
+            allow_direct: true,
             duplicate_window: self.duplicate_window,
             metadata: owner("gateway publishes, processors consume"),
             ..Default::default()
@@ -154,6 +160,8 @@ impl Layout {
             max_messages: -1,
             max_bytes: self.dead_max_bytes,
             discard: DiscardPolicy::Old,
+            // `POST /v1/jobs/{id}/retry` reads the dead job's request by its subject.
+            allow_direct: true,
             duplicate_window: self.duplicate_window,
             metadata: owner("processors publish dead letters"),
             ..Default::default()
@@ -364,6 +372,9 @@ async fn ensure_stream(
         || existing.max_bytes != wanted.max_bytes
         || existing.max_age != wanted.max_age
         || existing.discard != wanted.discard
+        // The server stores "no limit" as -1 whatever was sent (0 or -1).
+        || existing.max_messages_per_subject.max(0) != wanted.max_messages_per_subject.max(0)
+        || existing.discard_new_per_subject != wanted.discard_new_per_subject
         || existing.allow_direct != wanted.allow_direct
         || existing.duplicate_window != wanted.duplicate_window
         || existing.num_replicas != wanted.num_replicas

@@ -2,9 +2,14 @@
 //!
 //! ```text
 //! queued ─► running ─► succeeded | failed | cancelled
-//!              ▲  │
-//!              └──┴─► retrying
+//!   ▲          ▲  │                  │
+//!   │          └──┴─► retrying       │
+//!   └──────── requeued (POST /v1/jobs/{id}/retry) ◄─┘
 //! ```
+//!
+//! Attempts are numbered across retries: a job that failed on attempt 3 and is retried
+//! runs attempt 4 next. So a job's life is a sequence of positions, `(attempt, step)`,
+//! and a snapshot only ever moves to a later one.
 //!
 //! Events can be redelivered, reordered, or come from a worker that lost its lease
 //! (a stale attempt). [`apply`] turns "the snapshot we have" plus "an event" into either
@@ -73,18 +78,47 @@ pub struct JobSnapshot {
     pub updated_at: DateTime<Utc>,
     pub progress: Option<Progress>,
     pub result: Option<Value>,
+    /// The last error: why the job failed, is retrying, or was cancelled.
     pub error: Option<String>,
+    /// Every failed attempt's error, oldest first (the last [`MAX_ERRORS_KEPT`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<AttemptError>,
 }
 
+/// One failed attempt, kept so that a failed job explains every failure, not only the last.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptError {
+    pub attempt: u32,
+    pub error: String,
+    pub at: DateTime<Utc>,
+}
+
+/// Attempt errors kept in a snapshot; retries can add attempts without end, a snapshot
+/// must not grow without end.
+pub const MAX_ERRORS_KEPT: usize = 32;
+
 impl JobSnapshot {
-    /// The snapshot the gateway writes when it accepts a job.
+    /// The snapshot of a job waiting in `JOBS` for `request` (the gateway writes it when
+    /// it accepts a job; a rebuild writes it for jobs still waiting).
     pub fn queued(request: &JobRequest) -> Self {
-        Self::new(
+        let mut snapshot = Self::new(
             request.id,
             request.kind.clone(),
             request.max_attempts,
             request.created_at,
-        )
+        );
+        snapshot.attempt = request.prior_attempts;
+        snapshot
+    }
+
+    /// Where the job stands: `(attempt, step within it)`. A job queued again after
+    /// attempt k (a retry) stands after everything attempt k did.
+    fn position(&self) -> (u32, u8) {
+        if self.state == JobState::Queued && self.attempt > 0 {
+            (self.attempt, REQUEUED_STEP)
+        } else {
+            (self.attempt, self.state.rank())
+        }
     }
 
     fn new(id: JobId, kind: Kind, max_attempts: u32, created_at: DateTime<Utc>) -> Self {
@@ -99,9 +133,13 @@ impl JobSnapshot {
             progress: None,
             result: None,
             error: None,
+            errors: Vec::new(),
         }
     }
 }
+
+/// The step of a `requeued` event: after every other step of its attempt.
+const REQUEUED_STEP: u8 = 4;
 
 /// One change to a job, published on `jobs.events.<kind>.<id>` by whoever made it.
 ///
@@ -140,6 +178,9 @@ pub enum Change {
     Cancelled {
         reason: String,
     },
+    /// A failed job was queued again (`POST /v1/jobs/{id}/retry`); its next run is
+    /// `attempt + 1`, and it may run up to the event's `max_attempts`.
+    Requeued,
 }
 
 impl Change {
@@ -152,6 +193,7 @@ impl Change {
             Self::Succeeded { .. } => "succeeded",
             Self::Failed { .. } => "failed",
             Self::Cancelled { .. } => "cancelled",
+            Self::Requeued => "requeued",
         }
     }
 
@@ -163,6 +205,15 @@ impl Change {
             Self::Succeeded { .. } => JobState::Succeeded,
             Self::Failed { .. } => JobState::Failed,
             Self::Cancelled { .. } => JobState::Cancelled,
+            Self::Requeued => JobState::Queued,
+        }
+    }
+
+    /// The step within an attempt: a later event of the same attempt must not rank lower.
+    fn step(&self) -> u8 {
+        match self {
+            Self::Requeued => REQUEUED_STEP,
+            other => other.state().rank(),
         }
     }
 }
@@ -211,20 +262,26 @@ pub enum Skip {
 /// Decides whether `event` moves `current` forward, and if so returns the new snapshot.
 ///
 /// The rules, in order:
-/// 1. Terminal states are final.
+/// 1. Terminal states are final, except that a `failed` job may be requeued (a retry).
 /// 2. A cancellation ends any job that is not terminal, whatever attempt it is on.
 /// 3. An event from an earlier attempt than the snapshot's is stale.
 /// 4. A later attempt always moves forward.
-/// 5. Within one attempt the state may only go forward (`running < retrying < terminal`);
-///    progress only grows.
+/// 5. Within one attempt the step may only go forward (`running < retrying < terminal <
+///    requeued`); progress only grows.
 pub fn apply(current: Option<&JobSnapshot>, event: &JobEvent) -> Result<JobSnapshot, Skip> {
     let base = match current {
         Some(snapshot) => {
             if snapshot.id != event.job_id {
                 return Err(Skip::OtherJob);
             }
+            let requeue = matches!(event.change, Change::Requeued);
             if snapshot.state.is_terminal() {
-                return Err(Skip::Terminal);
+                let retry = requeue
+                    && snapshot.state == JobState::Failed
+                    && event.attempt >= snapshot.attempt;
+                if !retry {
+                    return Err(Skip::Terminal);
+                }
             }
             let cancelling = matches!(event.change, Change::Cancelled { .. });
             if !cancelling {
@@ -252,6 +309,7 @@ pub fn apply(current: Option<&JobSnapshot>, event: &JobEvent) -> Result<JobSnaps
         next.attempt = event.attempt;
         next.progress = None;
     }
+    next.max_attempts = next.max_attempts.max(event.max_attempts);
     next.state = event.change.state();
     next.updated_at = event.at.max(next.updated_at);
     match &event.change {
@@ -259,19 +317,33 @@ pub fn apply(current: Option<&JobSnapshot>, event: &JobEvent) -> Result<JobSnaps
         Change::Progress(progress) => next.progress = Some(*progress),
         Change::Retrying { error, .. } | Change::Failed { error } => {
             next.error = Some(error.clone());
+            if !next.errors.iter().any(|e| e.attempt == event.attempt) {
+                if next.errors.len() == MAX_ERRORS_KEPT {
+                    next.errors.remove(0);
+                }
+                next.errors.push(AttemptError {
+                    attempt: event.attempt,
+                    error: error.clone(),
+                    at: event.at,
+                });
+            }
         }
         Change::Succeeded { result } => {
             next.result = Some(result.clone());
             next.error = None;
         }
         Change::Cancelled { reason } => next.error = Some(reason.clone()),
+        Change::Requeued => {
+            next.progress = None;
+            next.result = None;
+        }
     }
     Ok(next)
 }
 
 /// Same attempt: does `change` come after what `snapshot` shows?
 fn moves_forward(snapshot: &JobSnapshot, change: &Change) -> bool {
-    let (from, to) = (snapshot.state.rank(), change.state().rank());
+    let (from, to) = (snapshot.position().1, change.step());
     match change {
         Change::Progress(progress) if from == to => snapshot
             .progress
@@ -279,7 +351,6 @@ fn moves_forward(snapshot: &JobSnapshot, change: &Change) -> bool {
         _ => to > from,
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,6 +364,7 @@ mod tests {
             max_attempts: 3,
             timeout_secs: None,
             created_at: crate::job::now(),
+            prior_attempts: 0,
         }
     }
 
@@ -460,6 +532,87 @@ mod tests {
             assert_eq!(snap.attempt, expected.attempt);
             assert_eq!(snap.result, expected.result);
         });
+    }
+
+    fn failed(error: &str) -> Change {
+        Change::Failed {
+            error: error.into(),
+        }
+    }
+
+    #[test]
+    fn a_failed_job_keeps_every_attempts_error() {
+        let req = request();
+        let retrying = |error: &str| Change::Retrying {
+            error: error.into(),
+            retry_in_ms: 1,
+        };
+        let snap = run(
+            &req,
+            &[
+                ev(&req, 1, retrying("first")),
+                ev(&req, 2, retrying("second")),
+                ev(&req, 3, failed("third")),
+                ev(&req, 3, failed("third")),
+            ],
+        );
+        assert_eq!(snap.state, JobState::Failed);
+        assert_eq!(snap.error.as_deref(), Some("third"));
+        let errors: Vec<(u32, &str)> = snap
+            .errors
+            .iter()
+            .map(|e| (e.attempt, e.error.as_str()))
+            .collect();
+        assert_eq!(errors, [(1, "first"), (2, "second"), (3, "third")]);
+    }
+
+    #[test]
+    fn a_retried_failed_job_runs_again_and_stale_events_stay_stale() {
+        let req = request();
+        let dead = run(&req, &[ev(&req, 3, failed("gave up"))]);
+        // Only a failed job can be requeued; the requeue carries the new attempt budget.
+        let mut retry = req.clone();
+        retry.max_attempts = 6;
+        retry.prior_attempts = 3;
+        let requeued = apply(Some(&dead), &ev(&retry, 3, Change::Requeued)).expect("requeue");
+        assert_eq!(
+            (requeued.state, requeued.attempt, requeued.max_attempts),
+            (JobState::Queued, 3, 6)
+        );
+        assert_eq!(requeued.errors.len(), 1, "history is kept");
+        // The failure it was requeued after, redelivered, must not undo the requeue.
+        assert_eq!(
+            apply(Some(&requeued), &ev(&req, 3, failed("gave up"))),
+            Err(Skip::NotNewer)
+        );
+        assert_eq!(
+            apply(Some(&requeued), &ev(&req, 2, Change::Started)),
+            Err(Skip::StaleAttempt)
+        );
+        let running = apply(Some(&requeued), &ev(&retry, 4, Change::Started)).expect("run 4");
+        assert_eq!((running.state, running.attempt), (JobState::Running, 4));
+        let done = apply(Some(&running), &ev(&retry, 4, succeeded())).expect("done");
+        assert_eq!(done.state, JobState::Succeeded);
+        // The requeue, redelivered after the job succeeded, changes nothing.
+        assert_eq!(
+            apply(Some(&done), &ev(&retry, 3, Change::Requeued)),
+            Err(Skip::Terminal)
+        );
+        // A written-fresh snapshot of the retried request equals the requeued projection's
+        // position, so a rebuild that starts from the waiting request agrees.
+        assert_eq!(JobSnapshot::queued(&retry).attempt, 3);
+    }
+
+    #[test]
+    fn succeeded_and_cancelled_jobs_cannot_be_requeued() {
+        let req = request();
+        for end in [succeeded(), Change::Cancelled { reason: "x".into() }] {
+            let done = run(&req, &[ev(&req, 1, end)]);
+            assert_eq!(
+                apply(Some(&done), &ev(&req, 1, Change::Requeued)),
+                Err(Skip::Terminal)
+            );
+        }
     }
 
     fn permute(items: &mut Vec<usize>, k: usize, visit: &mut impl FnMut(&[usize])) {

@@ -5,11 +5,27 @@
 
 use crate::job::{JobId, Kind};
 
-/// `jobs.submit.<kind>`: job requests, on stream `JOBS`.
-pub fn submit(kind: &Kind) -> String {
-    format!("jobs.submit.{kind}")
+/// `jobs.submit.<kind>.<id>`: a job request, on stream `JOBS`.
+///
+/// One subject per job lets `JOBS` hold at most one message per job
+/// (`max_msgs_per_subject: 1` with discard-new), so however a submission is retried,
+/// a job is never queued twice; and an operator can find a waiting job by its id.
+pub fn submit(kind: &Kind, id: JobId) -> String {
+    format!("jobs.submit.{kind}.{id}")
+}
+/// The jobs of one kind: a processor consumer's filter.
+pub fn submit_filter(kind: &Kind) -> String {
+    format!("jobs.submit.{kind}.*")
 }
 pub const SUBMIT_ALL: &str = "jobs.submit.>";
+
+/// Kind and job id from a `jobs.submit.<kind>.<id>` subject.
+pub fn parse_submit(subject: &str) -> (Option<Kind>, Option<JobId>) {
+    let mut tokens = subject.strip_prefix("jobs.submit.").unwrap_or("").split('.');
+    let kind = tokens.next().and_then(|k| Kind::new(k).ok());
+    let id = tokens.next().and_then(|id| id.parse().ok());
+    (kind, id)
+}
 
 /// `jobs.events.<kind>.<id>`: every change to a job, on stream `JOB_EVENTS`.
 pub fn event(kind: &Kind, id: JobId) -> String {
@@ -17,11 +33,27 @@ pub fn event(kind: &Kind, id: JobId) -> String {
 }
 pub const EVENTS_ALL: &str = "jobs.events.>";
 
-/// `jobs.dead.<kind>`: jobs that exhausted their attempts, on stream `JOBS_DEAD`.
-pub fn dead(kind: &Kind) -> String {
-    format!("jobs.dead.{kind}")
+/// `jobs.dead.<kind>.<id>`: a job that failed for good, on stream `JOBS_DEAD`, with its
+/// original request as the payload (what `POST /v1/jobs/{id}/retry` re-enqueues).
+pub fn dead(kind: &Kind, id: JobId) -> String {
+    format!("jobs.dead.{kind}.{id}")
+}
+/// Where a message goes that is not a job request at all (and so names no job).
+pub fn dead_undecodable(kind: &Kind) -> String {
+    format!("jobs.dead.{kind}.undecodable")
 }
 pub const DEAD_ALL: &str = "jobs.dead.>";
+
+/// `jobs.cancel.<kind>.<id>`: plain NATS (no stream). After a job's `cancelled` event is
+/// stored, the gateway tells the processors here, so a running handler stops at once.
+/// Losing this message costs only time: the job's outcome can no longer be recorded.
+pub fn cancel(kind: &Kind, id: JobId) -> String {
+    format!("jobs.cancel.{kind}.{id}")
+}
+/// The cancellations of one kind, which its processors listen to.
+pub fn cancel_filter(kind: &Kind) -> String {
+    format!("jobs.cancel.{kind}.*")
+}
 
 pub mod headers {
     /// JetStream deduplication id: the job id on `JOBS`, `<id>.<type>.<attempt>` on `JOB_EVENTS`.
@@ -30,6 +62,9 @@ pub mod headers {
     pub const KIND: &str = "Jetjobs-Kind";
     /// The job id, on every message about a job.
     pub const JOB_ID: &str = "Jetjobs-Job-Id";
+    /// Optimistic concurrency on a job's event subject: the event is stored only if the
+    /// subject's last message is the one its writer last saw.
+    pub const EXPECTED_LAST_SUBJECT_SEQ: &str = "Nats-Expected-Last-Subject-Sequence";
     /// W3C trace context.
     pub const TRACEPARENT: &str = "traceparent";
     pub const TRACESTATE: &str = "tracestate";

@@ -191,6 +191,7 @@ pub async fn submit(
         max_attempts: body.max_attempts.unwrap_or(info.max_attempts),
         timeout_secs: body.timeout_secs,
         created_at,
+        prior_attempts: 0,
     };
     if let Err(failure) = publish(state, &request).await {
         // Free the id/key only when the server certainly stored nothing. After a timeout
@@ -305,26 +306,35 @@ async fn claim(
     }
 }
 
-struct PublishFailure {
-    error: ApiError,
+pub(crate) struct PublishFailure {
+    pub error: ApiError,
     /// The server refused the message (or it never left): the job is certainly not queued.
     nothing_stored: bool,
 }
 
-async fn publish(state: &AppState, request: &JobRequest) -> Result<(), PublishFailure> {
+/// Publishes a job request to `JOBS`, with `msg_id` as its deduplication id.
+pub(crate) async fn publish(state: &AppState, request: &JobRequest) -> Result<(), PublishFailure> {
+    publish_as(state, request, &request.id.to_string()).await
+}
+
+pub(crate) async fn publish_as(
+    state: &AppState,
+    request: &JobRequest,
+    msg_id: &str,
+) -> Result<(), PublishFailure> {
     let payload = serde_json::to_vec(request).map_err(|e| PublishFailure {
         error: ApiError::internal(e.to_string()),
         nothing_stored: true,
     })?;
     let mut message_headers = HeaderMap::new();
-    message_headers.insert(headers::MSG_ID, request.id.to_string().as_str());
+    message_headers.insert(headers::MSG_ID, msg_id);
     message_headers.insert(headers::KIND, request.kind.as_str());
     message_headers.insert(headers::JOB_ID, request.id.to_string().as_str());
     jetjobs::trace_context::inject_current(&mut message_headers);
     let sent = state
         .js
         .publish_with_headers(
-            subjects::submit(&request.kind),
+            subjects::submit(&request.kind, request.id),
             message_headers,
             payload.into(),
         )
@@ -333,7 +343,13 @@ async fn publish(state: &AppState, request: &JobRequest) -> Result<(), PublishFa
         Ok(ack) => ack.await,
         Err(e) => Err(e),
     };
-    acked.map(|_| ()).map_err(publish_error)
+    match acked {
+        Ok(_) => Ok(()),
+        // `JOBS` holds one message per job: this job is queued already (a repeat after the
+        // duplicate window), which is what the publish wanted.
+        Err(e) if e.to_string().contains("maximum messages per subject") => Ok(()),
+        Err(e) => Err(publish_error(e)),
+    }
 }
 
 fn publish_error(e: jetstream::context::PublishError) -> PublishFailure {

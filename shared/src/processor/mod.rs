@@ -15,6 +15,7 @@
 //! - graceful shutdown: stop pulling, let running jobs finish within a grace period, and
 //!   nak what is left so another replica takes it at once.
 
+mod cancel;
 mod handler;
 
 use std::collections::HashMap;
@@ -278,7 +279,14 @@ impl Processor {
             defs,
             heartbeat,
             config: config.clone(),
+            cancellations: Arc::default(),
         });
+        let listening = CancellationToken::new();
+        let listener = tokio::spawn(Arc::clone(&runtime.cancellations).listen(
+            client.clone(),
+            runtime.handlers.keys().cloned().collect(),
+            listening.clone(),
+        ));
         tracing::info!(
             processor = %self.name,
             kinds = ?runtime.handlers.keys().map(Kind::as_str).collect::<Vec<_>>(),
@@ -286,6 +294,12 @@ impl Processor {
             "Processor started."
         );
         runtime.pull_loop(&consumer, shutdown).await;
+        listening.cancel();
+        match listener.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "Could not listen for cancellations."),
+            Err(e) => tracing::warn!(error = %e, "The cancellation listener failed."),
+        }
         if let Err(e) = client.flush().await {
             tracing::warn!(error = %e, "Could not flush the NATS connection on shutdown.");
         }
@@ -303,6 +317,7 @@ struct Runtime {
     events: jetstream::stream::Stream,
     heartbeat: Duration,
     config: RuntimeConfig,
+    cancellations: Arc<cancel::Cancellations>,
 }
 
 /// A job message together with the concurrency slot it occupies.
@@ -449,20 +464,21 @@ impl Runtime {
             Ok(request) => request,
             Err(e) => return self.poison(message, delivered, e).await,
         };
-        // A first delivery has no earlier runs; only redeliveries pay for the lookup.
-        let prior = if delivered == 1 {
-            Prior::Started(0)
+        // A first delivery of a new job has no earlier runs and no events: only
+        // redeliveries and retried jobs pay for the lookup.
+        let prior = if delivered == 1 && request.prior_attempts == 0 {
+            Prior::Last { attempt: 0, seq: 0 }
         } else {
             self.prior_runs(&request).await
         };
-        let attempt = match prior {
+        let (attempt, seen) = match prior {
             Prior::Finished => {
                 // Its outcome is recorded; only the ack was lost. Do not run it again.
                 tracing::info!(job_id = %request.id, "Job already finished; acking the redelivery.");
                 return self.confirm_ack(&message).await;
             }
-            Prior::Started(last) => last + 1,
-            Prior::Unknown => delivered,
+            Prior::Last { attempt, seq } => (attempt + 1, Some(seq)),
+            Prior::Unknown => (request.prior_attempts.saturating_add(delivered), None),
         };
         let payload = std::mem::take(&mut request.payload);
         let request = Arc::new(request);
@@ -472,7 +488,8 @@ impl Runtime {
             kind = %request.kind,
             attempt,
         );
-        self.attempt(message, request, payload, attempt, release)
+        let fence = Fence { attempt, seq: seen };
+        self.attempt(message, request, payload, fence, release)
             .instrument(span)
             .await;
     }
@@ -481,23 +498,40 @@ impl Runtime {
     /// than from JetStream's delivery count means a job handed back on shutdown, or
     /// delivered to a replica that could not take it, does not use up an attempt.
     async fn prior_runs(&self, request: &JobRequest) -> Prior {
-        let subject = subjects::event(&request.kind, request.id);
-        match self.events.direct_get_last_for_subject(subject).await {
-            Ok(message) => match serde_json::from_slice::<JobEvent>(&message.payload) {
-                Ok(event) if event.change.state().is_terminal() => Prior::Finished,
-                Ok(event) => Prior::Started(event.attempt),
-                Err(e) => {
-                    tracing::warn!(error = %e, "The job's last event is unreadable.");
-                    Prior::Unknown
-                }
+        match self.last_event(&request.kind, request.id).await {
+            Ok(Some((_, event))) if event.change.state().is_terminal() => Prior::Finished,
+            Ok(Some((seq, event))) => Prior::Last {
+                attempt: event.attempt,
+                seq,
             },
-            Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => {
-                Prior::Started(0)
-            }
+            Ok(None) => Prior::Last {
+                attempt: request.prior_attempts,
+                seq: 0,
+            },
             Err(e) => {
                 tracing::warn!(error = %e, "Cannot read the job's last event; counting deliveries instead.");
                 Prior::Unknown
             }
+        }
+    }
+
+    /// The last event on the job's subject and its sequence, if it has any.
+    async fn last_event(
+        &self,
+        kind: &Kind,
+        id: JobId,
+    ) -> Result<Option<(u64, JobEvent)>, async_nats::Error> {
+        match self
+            .events
+            .direct_get_last_for_subject(subjects::event(kind, id))
+            .await
+        {
+            Ok(message) => {
+                let event = serde_json::from_slice::<JobEvent>(&message.payload)?;
+                Ok(Some((message.sequence, event)))
+            }
+            Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -506,9 +540,10 @@ impl Runtime {
         message: jetstream::Message,
         request: Arc<JobRequest>,
         payload: serde_json::Value,
-        attempt: u32,
+        mut fence: Fence,
         release: CancellationToken,
     ) {
+        let attempt = fence.attempt;
         let trace = trace_headers(message.headers.as_ref());
         let Some(handler) = self.handlers.get(&request.kind) else {
             // A replica older than the consumer's filter (a rolling deploy): another
@@ -527,7 +562,9 @@ impl Runtime {
                 "gave up after {} attempts: the last ones ended without an outcome (did the processor stop?)",
                 request.max_attempts
             );
-            return self.fail(&message, &request, attempt, error, &trace).await;
+            return self
+                .fail(&message, &request, &mut fence, error, &trace)
+                .await;
         }
         let timeout = Duration::from_secs(
             request
@@ -536,23 +573,12 @@ impl Runtime {
                 .unwrap_or(crate::kinds::DEFAULT_TIMEOUT_SECS),
         );
 
-        let started = self
-            .send_event(&JobEvent::new(&request, attempt, Change::Started), &trace)
-            .await;
-        tracing::debug!("Job started.");
-
-        let (progress_tx, progress_rx) = watch::channel(None);
-        let cancel = CancellationToken::new();
-        let blocking = TaskTracker::new();
-        let ctx = JobContext::new(
-            Arc::clone(&request),
-            attempt,
-            Arc::new(progress_tx),
-            cancel.clone(),
-            blocking.clone(),
-        );
+        // Registered before `started` is stored, so a cancellation sent right after
+        // cannot miss this run.
+        let cancelled_by_client = self.cancellations.register(request.id);
         // Heartbeats go on until the job is acked, nacked or released, not just until the
         // handler returns: recording the outcome can take a while when NATS is slow.
+        let (progress_tx, progress_rx) = watch::channel(None);
         let leased = CancellationToken::new();
         let keepalive = self.keepalive(
             &message,
@@ -563,15 +589,50 @@ impl Runtime {
             leased.clone(),
         );
         let work = async {
+            // `started` claims the run: it is stored only if the job's events are as this
+            // replica last saw them, so a job cancelled while queued, or taken over by a
+            // newer delivery, never runs here.
+            let started = JobEvent::new(&request, attempt, Change::Started);
+            match self.publish_fenced(&started, &trace, &mut fence).await {
+                Fenced::Recorded => {}
+                Fenced::Superseded(Superseded::Finished) => {
+                    tracing::info!("The job ended before this run started (cancelled?); not running it.");
+                    self.confirm_ack(&message).await;
+                    leased.cancel();
+                    return;
+                }
+                Fenced::Superseded(Superseded::Taken) => {
+                    tracing::info!("Another delivery of this job is running it; standing down.");
+                    leased.cancel();
+                    return;
+                }
+                Fenced::TooLarge | Fenced::NotConfirmed => {
+                    // Unacked: it comes back after ack_wait.
+                    leased.cancel();
+                    return;
+                }
+            }
+            tracing::debug!("Job started.");
+
+            let cancel = CancellationToken::new();
+            let blocking = TaskTracker::new();
+            let ctx = JobContext::new(
+                Arc::clone(&request),
+                attempt,
+                Arc::new(progress_tx),
+                cancel.clone(),
+                blocking.clone(),
+            );
             let run = AssertUnwindSafe(handler.call(payload, ctx)).catch_unwind();
-            let outcome = tokio::select! {
-                outcome = run => Some(outcome.unwrap_or_else(|panic| Err(JobError::Retryable(
+            let ended = tokio::select! {
+                outcome = run => Ended::Ran(outcome.unwrap_or_else(|panic| Err(JobError::Retryable(
                     format!("the handler panicked: {}", panic_message(&panic)),
                 )))),
-                () = tokio::time::sleep(timeout) => Some(Err(JobError::Retryable(format!(
+                () = tokio::time::sleep(timeout) => Ended::Ran(Err(JobError::Retryable(format!(
                     "timed out after {}s", timeout.as_secs_f64()
                 )))),
-                () = release.cancelled() => None,
+                () = cancelled_by_client.token.cancelled() => Ended::Cancelled,
+                () = release.cancelled() => Ended::Released,
             };
             // Whatever ended the run, the handler must stop (timeouts, shutdown) ...
             cancel.cancel();
@@ -584,15 +645,13 @@ impl Runtime {
             {
                 tracing::warn!("Blocking work ignored cancellation; freeing its slot anyway.");
             }
-            if let Err(e) = await_ack(started).await {
-                tracing::warn!(error = %e, "The started event was not confirmed.");
-            }
-            match outcome {
-                Some(outcome) => {
-                    self.record(&message, &request, attempt, outcome, &trace)
-                        .await
+            match ended {
+                Ended::Ran(outcome) => {
+                    self.record(&message, &request, &mut fence, outcome, &trace)
+                        .await;
                 }
-                None => {
+                Ended::Cancelled => self.cancelled(&message, &request).await,
+                Ended::Released => {
                     tracing::info!("Releasing the job to another replica (shutdown).");
                     if let Err(e) = message.ack_with(AckKind::Nak(None)).await {
                         tracing::warn!(error = %e, "Could not release the job.");
@@ -604,32 +663,52 @@ impl Runtime {
         tokio::join!(work, keepalive);
     }
 
+    /// The client cancelled the job while it ran: the gateway stored `cancelled` before
+    /// it told the processors, so the job only needs its ack. Checked all the same: an
+    /// ack without a recorded end would lose the job.
+    async fn cancelled(&self, message: &jetstream::Message, request: &JobRequest) {
+        match self.last_event(&request.kind, request.id).await {
+            Ok(Some((_, event))) if event.change.state().is_terminal() => {
+                tracing::info!("Job cancelled by the client; stopped.");
+                self.confirm_ack(message).await;
+            }
+            other => {
+                tracing::warn!(last = ?other.map(|e| e.map(|(_, ev)| ev.change.name())), "A cancellation arrived but none is recorded; the job will run again.");
+                if let Err(e) = message.ack_with(AckKind::Nak(None)).await {
+                    tracing::warn!(error = %e, "Could not release the job.");
+                }
+            }
+        }
+    }
+
     /// Publishes the outcome of a run, then acks, naks with a delay, or fails the job.
     async fn record(
         &self,
         message: &jetstream::Message,
         request: &JobRequest,
-        attempt: u32,
+        fence: &mut Fence,
         outcome: Result<serde_json::Value, JobError>,
         trace: &HeaderMap,
     ) {
+        let attempt = fence.attempt;
         match outcome {
             Ok(result) => {
                 let event = JobEvent::new(request, attempt, Change::Succeeded { result });
-                match self.publish_event(&event, trace).await {
-                    Published::Confirmed => {
+                match self.publish_fenced(&event, trace, fence).await {
+                    Fenced::Recorded => {
                         self.confirm_ack(message).await;
                         tracing::debug!("Job succeeded.");
                     }
+                    Fenced::Superseded(superseded) => self.stand_down(message, superseded).await,
                     // Retrying cannot make it smaller: fail now, with the reason.
-                    Published::TooLarge => {
+                    Fenced::TooLarge => {
                         let error =
                             "the result is larger than the NATS server accepts in one message; \
                                      return a reference to large results instead"
                                 .to_string();
-                        self.fail(message, request, attempt, error, trace).await;
+                        self.fail(message, request, fence, error, trace).await;
                     }
-                    Published::NotConfirmed => {}
+                    Fenced::NotConfirmed => {}
                 }
             }
             Err(JobError::Retryable(error)) if attempt < request.max_attempts => {
@@ -639,28 +718,47 @@ impl Runtime {
                 let error = clip(error);
                 let event =
                     JobEvent::new(request, attempt, Change::Retrying { error, retry_in_ms });
-                if self.publish_event(&event, trace).await == Published::Confirmed
-                    && let Err(e) = message.ack_with(AckKind::Nak(Some(delay))).await
-                {
-                    tracing::warn!(error = %e, "Could not schedule the retry; ack_wait will.");
+                match self.publish_fenced(&event, trace, fence).await {
+                    Fenced::Recorded => {
+                        if let Err(e) = message.ack_with(AckKind::Nak(Some(delay))).await {
+                            tracing::warn!(error = %e, "Could not schedule the retry; ack_wait will.");
+                        }
+                    }
+                    Fenced::Superseded(superseded) => self.stand_down(message, superseded).await,
+                    Fenced::TooLarge | Fenced::NotConfirmed => {}
                 }
             }
             Err(JobError::Retryable(error) | JobError::Permanent(error)) => {
-                self.fail(message, request, attempt, error, trace).await;
+                self.fail(message, request, fence, error, trace).await;
             }
         }
     }
 
-    /// Ends a job as `failed`: the event, a copy on `JOBS_DEAD`, then the ack.
+    /// This run's outcome lost the race to another one: record nothing. A finished job
+    /// only needs its ack; a job another delivery runs is that delivery's to ack.
+    async fn stand_down(&self, message: &jetstream::Message, superseded: Superseded) {
+        match superseded {
+            Superseded::Finished => {
+                tracing::info!("The job ended meanwhile (another run or a cancellation); dropping this outcome.");
+                self.confirm_ack(message).await;
+            }
+            Superseded::Taken => {
+                tracing::info!("A newer run of this job took over; dropping this outcome.");
+            }
+        }
+    }
+
+    /// Ends a job as `failed`: the event, then a copy on `JOBS_DEAD`, then the ack.
     async fn fail(
         &self,
         message: &jetstream::Message,
         request: &JobRequest,
-        attempt: u32,
+        fence: &mut Fence,
         error: String,
         trace: &HeaderMap,
     ) {
         tracing::warn!(%error, "Job failed.");
+        let attempt = fence.attempt;
         let error = clip(error);
         let event = JobEvent::new(
             request,
@@ -669,41 +767,54 @@ impl Runtime {
                 error: error.clone(),
             },
         );
-        let dead = self.dead_letter(
-            &request.kind,
-            Some(request.id),
-            attempt,
-            &error,
-            message.payload.clone(),
-            trace,
-        );
-        let (dead, event) = tokio::join!(dead, self.publish_event(&event, trace));
-        if dead == Published::Confirmed && event == Published::Confirmed {
+        match self.publish_fenced(&event, trace, fence).await {
+            Fenced::Recorded => {}
+            Fenced::Superseded(superseded) => return self.stand_down(message, superseded).await,
+            Fenced::TooLarge | Fenced::NotConfirmed => return,
+        }
+        // Only the run whose `failed` was stored writes the dead letter, so there is one.
+        let dead = self
+            .dead_letter(
+                subjects::dead(&request.kind, request.id),
+                &request.kind,
+                Some(request.id),
+                attempt,
+                &error,
+                message.payload.clone(),
+                trace,
+            )
+            .await;
+        if dead.is_stored() {
             self.confirm_ack(message).await;
         }
     }
 
-    /// A message that is not a job request cannot be retried into shape: it goes to the
-    /// dead-letter stream (and, if it names its job, that job is marked failed) at once.
+    /// A message that is not a job request cannot be retried into shape: it is
+    /// terminated at once, copied to the dead-letter stream, and, if its subject names
+    /// its job, that job is recorded as failed with the reason.
     async fn poison(&self, message: jetstream::Message, attempt: u32, error: serde_json::Error) {
-        let kind = message
-            .subject
-            .strip_prefix("jobs.submit.")
-            .and_then(|k| Kind::new(k).ok());
-        let job_id = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(headers::JOB_ID))
-            .and_then(|v| v.as_str().parse::<JobId>().ok());
+        let (kind, job_id) = subjects::parse_submit(&message.subject);
+        let job_id = job_id.or_else(|| {
+            message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(headers::JOB_ID))
+                .and_then(|v| v.as_str().parse::<JobId>().ok())
+        });
         let reason = format!("the job message cannot be decoded: {error}");
         tracing::error!(subject = %message.subject, ?job_id, %reason, "Poison message.");
         let trace = trace_headers(message.headers.as_ref());
         let Some(kind) = kind else {
-            let _ = message.ack_with(AckKind::Term).await;
+            self.terminate(&message).await;
             return;
+        };
+        let subject = match job_id {
+            Some(id) => subjects::dead(&kind, id),
+            None => subjects::dead_undecodable(&kind),
         };
         let mut ok = self
             .dead_letter(
+                subject,
                 &kind,
                 job_id,
                 attempt,
@@ -712,7 +823,7 @@ impl Runtime {
                 &trace,
             )
             .await
-            == Published::Confirmed;
+            .is_stored();
         if let Some(id) = job_id {
             let request = JobRequest {
                 id,
@@ -721,17 +832,20 @@ impl Runtime {
                 max_attempts: 1,
                 timeout_secs: None,
                 created_at: crate::job::now(),
+                prior_attempts: 0,
             };
             let event = JobEvent::new(&request, attempt, Change::Failed { error: reason });
-            ok &= self.publish_event(&event, &trace).await == Published::Confirmed;
+            ok &= self.publish_event(&event, &trace).await.is_stored();
         }
         if ok {
-            self.confirm_ack(&message).await;
+            self.terminate(&message).await;
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn dead_letter(
         &self,
+        subject: String,
         kind: &Kind,
         job_id: Option<JobId>,
         attempt: u32,
@@ -752,8 +866,7 @@ impl Runtime {
             .take(512)
             .collect();
         headers.insert("Jetjobs-Error", line.as_str());
-        self.publish_reliably(subjects::dead(kind), headers, payload)
-            .await
+        self.publish_reliably(subject, headers, payload).await
     }
 
     /// Sends heartbeats and progress events until `done`.
@@ -830,6 +943,65 @@ impl Runtime {
         }
     }
 
+    /// Publishes an event of this run only if the job's events are as the run last saw
+    /// them (`Nats-Expected-Last-Subject-Sequence`): the stream, not a lock, decides which
+    /// of two runs of a job records its outcome. When the check fails the job's last event
+    /// says why: another run or a cancellation ended the job, a newer run took over, or
+    /// only this run's own progress (or a stale run's) came in between, and the publish
+    /// is tried again after it.
+    async fn publish_fenced(&self, event: &JobEvent, trace: &HeaderMap, fence: &mut Fence) -> Fenced {
+        let (subject, headers, payload) = match event_message(event, trace) {
+            Ok(message) => message,
+            Err(e) => {
+                tracing::error!(error = %e, "Cannot encode an event.");
+                return Fenced::NotConfirmed;
+            }
+        };
+        let claiming = matches!(event.change, Change::Started);
+        for _ in 0..FENCE_TRIES {
+            let mut headers = headers.clone();
+            if let Some(seq) = fence.seq {
+                headers.insert(headers::EXPECTED_LAST_SUBJECT_SEQ, seq.to_string().as_str());
+            }
+            match self
+                .publish_reliably(subject.clone(), headers, payload.clone())
+                .await
+            {
+                Published::Stored(seq) => {
+                    fence.seq = Some(seq);
+                    return Fenced::Recorded;
+                }
+                Published::TooLarge => return Fenced::TooLarge,
+                Published::NotConfirmed => return Fenced::NotConfirmed,
+                Published::WrongLastSequence => {}
+            }
+            let (seq, last) = match self.last_event(&event.kind, event.job_id).await {
+                Ok(Some(last)) => last,
+                // Nothing there any more (the events aged out): nothing to collide with.
+                Ok(None) => {
+                    fence.seq = Some(0);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "Cannot read the job's last event.");
+                    return Fenced::NotConfirmed;
+                }
+            };
+            if last.change.state().is_terminal() {
+                return Fenced::Superseded(Superseded::Finished);
+            }
+            let newer = last.attempt > fence.attempt
+                || (last.attempt == fence.attempt
+                    && (claiming || matches!(last.change, Change::Requeued)));
+            if newer {
+                return Fenced::Superseded(Superseded::Taken);
+            }
+            fence.seq = Some(seq);
+        }
+        tracing::warn!("The job's events kept changing under this run; leaving it to redelivery.");
+        Fenced::NotConfirmed
+    }
+
     /// Publishes until JetStream confirms. Safe to repeat: every message carries a
     /// `Nats-Msg-Id`, so a retry of a publish that did land is dropped as a duplicate.
     async fn publish_reliably(
@@ -850,8 +1022,15 @@ impl Runtime {
                 tracing::error!(%subject, bytes = payload.len(), "Message too large for NATS.");
                 return Published::TooLarge;
             }
-            match await_ack(sent.map_err(Into::into)).await {
-                Ok(()) => return Published::Confirmed,
+            let acked = match sent {
+                Ok(ack) => ack.await,
+                Err(e) => Err(e),
+            };
+            match acked {
+                Ok(ack) => return Published::Stored(ack.sequence),
+                Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                    return Published::WrongLastSequence;
+                }
                 Err(e) if attempt < PUBLISH_TRIES => {
                     tracing::warn!(%subject, error = %e, "Publish not confirmed; retrying.");
                     tokio::time::sleep(delay).await;
@@ -870,14 +1049,19 @@ impl Runtime {
     /// run again unnoticed. Uses the client's shared reply inbox (one request) rather
     /// than a subscription per ack.
     async fn confirm_ack(&self, message: &jetstream::Message) {
+        self.confirm(message, b"+ACK").await;
+    }
+
+    /// Terminates a message that can never be processed, so it is not redelivered.
+    async fn terminate(&self, message: &jetstream::Message) {
+        self.confirm(message, b"+TERM").await;
+    }
+
+    async fn confirm(&self, message: &jetstream::Message, ack: &'static [u8]) {
         let Some(reply) = message.reply.clone() else {
             return;
         };
-        if let Err(e) = self
-            .client
-            .request(reply, Bytes::from_static(b"+ACK"))
-            .await
-        {
+        if let Err(e) = self.client.request(reply, Bytes::from_static(ack)).await {
             tracing::warn!(error = %e, "Ack not confirmed; the job may be delivered again (its outcome is already recorded).");
         }
     }
@@ -891,22 +1075,68 @@ const BLOCKING_GRACE: Duration = Duration::from_secs(60);
 enum Prior {
     /// It reached a terminal state.
     Finished,
-    /// Its last run was this attempt (0: never started).
-    Started(u32),
+    /// Its last event: the attempt it belongs to (0: never started) and its sequence
+    /// on the job's subject (0: there is none).
+    Last { attempt: u32, seq: u64 },
     /// The events could not be read; fall back to the delivery count.
     Unknown,
 }
+
+/// A run's claim on its job: which attempt it is, and the sequence of the last event on
+/// the job's subject that this run knows of (`None`: unknown, publish unchecked).
+struct Fence {
+    attempt: u32,
+    seq: Option<u64>,
+}
+
+/// Tries of a fenced publish that finds only its own run's (or a stale run's) events in
+/// the way; more means something keeps writing to the job, and redelivery sorts it out.
+const FENCE_TRIES: u32 = 5;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fenced {
+    Recorded,
+    Superseded(Superseded),
+    TooLarge,
+    NotConfirmed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Superseded {
+    /// The job already ended: another run's outcome or a cancellation was stored first.
+    Finished,
+    /// A newer run (a later delivery of the job) is running it.
+    Taken,
+}
+
+/// How a run ended.
+enum Ended {
+    Ran(Result<serde_json::Value, JobError>),
+    /// The client cancelled the job.
+    Cancelled,
+    /// Shutdown: the job goes back to the stream for another replica.
+    Released,
+}
+
 /// Longest error message kept in an event (a handler may return a whole response body).
 const MAX_ERROR_LEN: usize = 4096;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Published {
-    /// Stored by JetStream (PubAck received).
-    Confirmed,
+    /// Stored by JetStream (PubAck received) at this stream sequence.
+    Stored(u64),
     /// Over the server's `max_payload`: no retry can help.
     TooLarge,
+    /// The subject's last message is not the expected one (a fenced publish lost).
+    WrongLastSequence,
     /// Not confirmed after every retry; the job stays unacked and comes back.
     NotConfirmed,
+}
+
+impl Published {
+    fn is_stored(self) -> bool {
+        matches!(self, Self::Stored(_))
+    }
 }
 
 fn clip(mut error: String) -> String {
@@ -919,13 +1149,6 @@ fn clip(mut error: String) -> String {
         error.push('…');
     }
     error
-}
-
-async fn await_ack(
-    sent: Result<jetstream::context::PublishAckFuture, async_nats::Error>,
-) -> Result<(), async_nats::Error> {
-    sent?.await?;
-    Ok(())
 }
 
 fn event_message(

@@ -54,7 +54,7 @@ async fn provisioning_is_idempotent_and_describes_what_it_made() {
         .expect("processor consumer");
     assert_eq!(
         consumer.config.filter_subjects,
-        vec!["jobs.submit.a".to_string(), "jobs.submit.b".to_string()]
+        vec!["jobs.submit.a.*".to_string(), "jobs.submit.b.*".to_string()]
     );
 
     layout::require(

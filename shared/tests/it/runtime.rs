@@ -118,10 +118,11 @@ impl Harness {
             max_attempts,
             timeout_secs: None,
             created_at: now(),
+            prior_attempts: 0,
         };
         self.js
             .publish(
-                subjects::submit(&request.kind),
+                subjects::submit(&request.kind, request.id),
                 serde_json::to_vec(&request).expect("encode").into(),
             )
             .await
@@ -235,7 +236,7 @@ async fn the_last_failed_attempt_fails_the_job_and_dead_letters_it() {
         .get_stream("JOBS_DEAD")
         .await
         .expect("stream")
-        .get_last_raw_message_by_subject("jobs.dead.flaky")
+        .get_last_raw_message_by_subject(&format!("jobs.dead.flaky.{id}"))
         .await
         .expect("dead letter");
     let request: JobRequest = serde_json::from_slice(&dead.payload).expect("the job, as submitted");

@@ -69,6 +69,7 @@ async fn shuffled_and_repeated_events_end_in_the_right_state_without_regressions
             max_attempts: 3,
             timeout_secs: None,
             created_at: now(),
+            prior_attempts: 0,
         })
         .collect();
 
