@@ -3,8 +3,10 @@
 //! Every write is a compare-and-set on the key's revision, and every event goes through
 //! [`jetjobs::state::apply`], so redelivered, duplicated or out-of-order events can never
 //! move a job backwards, and the projection can run as several replicas at once.
+//! [`rebuild`] replays the streams through the same code to recreate the bucket.
 
 mod projector;
+pub mod rebuild;
 
 use std::time::Duration;
 
@@ -17,16 +19,38 @@ use tokio_util::sync::CancellationToken;
 pub use projector::Projector;
 
 pub const NAME: &str = "status";
+/// The connection name of `--rebuild`, so `nats server report connections` tells it apart.
+pub const REBUILD_NAME: &str = "status-rebuild";
 
 #[derive(clap::Parser, Clone, Debug)]
 #[command(
     name = "jetjobs-status",
     version,
-    about = "Projects job events into KV job_status."
+    about = "Projects job events into KV job_status (or, with --rebuild, recreates it from the streams)."
 )]
 pub struct Config {
     #[command(flatten)]
     pub nats: NatsArgs,
+    /// Recreate the projection from the streams, print a summary and exit, instead of
+    /// running the service.
+    ///
+    /// For a job_status bucket that is lost or corrupted: delete it (`nats kv del
+    /// job_status`), run `jetjobs-admin provision`, then `jetjobs-status --rebuild`.
+    /// Every event in JOB_EVENTS is replayed through the same state machine and
+    /// compare-and-set writes as the service uses, and each job still waiting in JOBS gets
+    /// its `queued` snapshot; snapshots only ever move forward, so it is safe on an existing
+    /// bucket and while the service runs. It stops once it has caught up with the streams
+    /// as they were when it started, and exits non-zero if anything could not be written.
+    ///
+    /// Limit: events older than JOB_EVENTS' retention (JETJOBS_RETENTION_HOURS at
+    /// provisioning, 7 days by default) are gone, so jobs that ended before then cannot be
+    /// restored.
+    #[arg(long)]
+    pub rebuild: bool,
+    /// With --rebuild: the bucket to write, created with job_status's configuration if it
+    /// does not exist (rebuild into a new bucket to compare it with the live one).
+    #[arg(long, value_name = "NAME", default_value = layout::STATUS_BUCKET, requires = "rebuild")]
+    pub bucket: String,
     /// Independent writers; events of one job always go to the same one, in order.
     #[arg(long, env = "JETJOBS_STATUS_SHARDS", default_value_t = 64)]
     pub shards: usize,
@@ -45,6 +69,8 @@ impl Config {
     pub fn local(nats_url: &str) -> Self {
         Self {
             nats: NatsArgs::local(nats_url),
+            rebuild: false,
+            bucket: layout::STATUS_BUCKET.into(),
             shards: 64,
             shard_buffer: 256,
             batch: 512,
@@ -53,7 +79,28 @@ impl Config {
     }
 }
 
-/// Runs the projection until `shutdown`; then acks what it has written and returns.
+/// Runs `--rebuild` as configured: connects, rebuilds `config.bucket`, and reports.
+pub async fn run_rebuild(
+    config: Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<rebuild::Report> {
+    let client = config.nats.connect(REBUILD_NAME).await?;
+    let js = jetstream::new(client.clone());
+    let options = rebuild::Options {
+        bucket: config.bucket,
+        shards: config.shards,
+        shard_buffer: config.shard_buffer,
+        cache_per_shard: config.cache_per_shard,
+    };
+    let report = rebuild::rebuild(&js, &options, &shutdown).await?;
+    if let Err(e) = tokio::time::timeout(Duration::from_secs(5), client.flush()).await {
+        tracing::warn!(error = %e, "Could not flush on exit.");
+    }
+    Ok(report)
+}
+
+/// Runs the projection until `shutdown`; then acks what it has written, hands back what
+/// it will not project, and returns.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let client = config.nats.connect(NAME).await?;
     let js = jetstream::new(client.clone());

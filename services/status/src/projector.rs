@@ -1,6 +1,11 @@
 //! Sharded, compare-and-set projection of job events into KV.
+//!
+//! The live service ([`Projector::run`]) and `--rebuild` ([`crate::rebuild`]) feed the same
+//! shards, so a rebuilt bucket is made by exactly the code that maintains the live one.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, kv};
@@ -16,12 +21,50 @@ const MAX_CAS_TRIES: usize = 16;
 /// Events a shard takes from its queue at once; events of one job among them are
 /// folded into a single KV write.
 const SHARD_CHUNK: usize = 128;
+/// How long one pull request stays open on the server. On shutdown the open request is
+/// drained (its events handed back) until it ends, so this also bounds how long that takes.
+const PULL_EXPIRES: Duration = Duration::from_secs(2);
+/// Tries for one job's events in a replay, which has no redelivery to fall back on.
+const REPLAY_TRIES: u32 = 5;
 
 pub struct Projector {
     bucket: kv::Store,
     shards: usize,
     buffer: usize,
     cache_per_shard: usize,
+}
+
+/// What a shard does with an event once it has dealt with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// From the durable consumer: ack once written, nak to have it come again.
+    Live,
+    /// Replayed by a rebuild from an ordered consumer: nothing to answer, and a failed
+    /// write is tried again here, then counted.
+    Replay,
+}
+
+/// Counters shared by the shards of one projection.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    /// Events decoded and projected (whether or not they changed the snapshot).
+    pub events: AtomicU64,
+    /// Snapshots written to KV.
+    pub writes: AtomicU64,
+    /// Events that are not valid JSON events.
+    pub undecodable: AtomicU64,
+    /// Events whose snapshot could not be written (replay only; live ones come again).
+    pub failed: AtomicU64,
+}
+
+impl Stats {
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +83,29 @@ struct Stored {
     snapshot: Option<JobSnapshot>,
 }
 
+/// The running shards of one projection: hand events in with [`Shards::sender`].
+pub(crate) struct Shards {
+    senders: Vec<mpsc::Sender<jetstream::Message>>,
+    tracker: TaskTracker,
+    stats: Arc<Stats>,
+}
+
+impl Shards {
+    /// The queue of the shard that owns the job `subject` is about.
+    pub fn sender(&self, subject: &str) -> &mpsc::Sender<jetstream::Message> {
+        &self.senders[shard_of(subject, self.senders.len())]
+    }
+
+    /// Closes the queues and waits until every shard has projected (and answered for)
+    /// what it holds.
+    pub async fn finish(self) -> Arc<Stats> {
+        drop(self.senders);
+        self.tracker.close();
+        self.tracker.wait().await;
+        self.stats
+    }
+}
+
 impl Projector {
     pub fn new(bucket: kv::Store, shards: usize, buffer: usize, cache_per_shard: usize) -> Self {
         Self {
@@ -50,75 +116,106 @@ impl Projector {
         }
     }
 
-    /// Pulls events and projects them until `shutdown`; then lets every shard finish and
-    /// ack what it has already taken.
-    pub async fn run(
-        self,
-        consumer: jetstream::consumer::PullConsumer,
-        batch: usize,
-        shutdown: CancellationToken,
-    ) {
+    pub(crate) fn start(&self, mode: Mode) -> Shards {
         let tracker = TaskTracker::new();
-        let shards: Vec<mpsc::Sender<jetstream::Message>> = (0..self.shards)
+        let stats = Arc::new(Stats::default());
+        let senders = (0..self.shards)
             .map(|_| {
                 let (tx, rx) = mpsc::channel(self.buffer);
                 let shard = Shard {
                     bucket: self.bucket.clone(),
                     cache: HashMap::new(),
                     cache_limit: self.cache_per_shard,
+                    mode,
+                    stats: Arc::clone(&stats),
                 };
                 tracker.spawn(shard.run(rx));
                 tx
             })
             .collect();
+        Shards {
+            senders,
+            tracker,
+            stats,
+        }
+    }
 
+    /// Pulls events and projects them until `shutdown`.
+    ///
+    /// On shutdown it stops asking for events, lets every shard project and ack what it
+    /// has already taken, and naks (without delay) every event the server still delivers
+    /// to the open pull request, so another replica (or the next start) gets them at once
+    /// instead of after `ack_wait`.
+    pub async fn run(
+        self,
+        consumer: jetstream::consumer::PullConsumer,
+        batch: usize,
+        shutdown: CancellationToken,
+    ) {
+        let shards = self.start(Mode::Live);
         let mut backoff = Duration::from_millis(100);
-        'pull: while !shutdown.is_cancelled() {
-            let messages = consumer
-                .stream()
-                .max_messages_per_batch(batch.max(1))
-                .expires(Duration::from_secs(5))
+        while !shutdown.is_cancelled() {
+            let pull = consumer
+                .batch()
+                .max_messages(batch.max(1))
+                .expires(PULL_EXPIRES)
                 .messages()
                 .await;
-            let mut messages = match messages {
+            let mut messages = match pull {
                 Ok(messages) => messages,
                 Err(e) => {
                     tracing::warn!(error = %e, "Cannot pull events; retrying.");
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        () = shutdown.cancelled() => break,
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    pause(&mut backoff, &shutdown).await;
                     continue;
                 }
             };
-            backoff = Duration::from_millis(100);
-            loop {
-                let next = tokio::select! {
-                    biased;
-                    () = shutdown.cancelled() => break 'pull,
-                    next = messages.next() => next,
-                };
-                match next {
-                    Some(Ok(message)) => {
-                        let shard = shard_of(&message.subject, shards.len());
-                        // A full shard makes us wait here: that is the backpressure.
-                        if shards[shard].send(message).await.is_err() {
-                            break 'pull;
-                        }
-                    }
-                    Some(Err(e)) => {
+            let mut failed = false;
+            // Read the request to its end even after shutdown: what the server sends to it
+            // is ours to answer for.
+            while let Some(next) = messages.next().await {
+                let message = match next {
+                    Ok(message) => message,
+                    Err(e) => {
                         tracing::warn!(error = %e, "Event pull interrupted; pulling again.");
+                        failed = true;
                         break;
                     }
-                    None => break,
+                };
+                if shutdown.is_cancelled() {
+                    ack(&message, AckKind::Nak(None)).await;
+                    continue;
+                }
+                let sender = shards.sender(&message.subject);
+                // A full shard makes us wait here: that is the backpressure.
+                tokio::select! {
+                    biased;
+                    permit = sender.reserve() => match permit {
+                        Ok(permit) => permit.send(message),
+                        Err(_) => {
+                            tracing::error!(subject = %message.subject, "A shard has stopped; handing the event back.");
+                            ack(&message, AckKind::Nak(None)).await;
+                        }
+                    },
+                    () = shutdown.cancelled() => ack(&message, AckKind::Nak(None)).await,
                 }
             }
+            if failed {
+                pause(&mut backoff, &shutdown).await;
+            } else {
+                backoff = Duration::from_millis(100);
+            }
         }
-        drop(shards);
-        tracker.close();
-        tracker.wait().await;
+        shards.finish().await;
     }
+}
+
+/// Waits `backoff` (or until shutdown) and doubles it, up to 5 s.
+async fn pause(backoff: &mut Duration, shutdown: &CancellationToken) {
+    tokio::select! {
+        () = tokio::time::sleep(*backoff) => {}
+        () = shutdown.cancelled() => {}
+    }
+    *backoff = (*backoff * 2).min(Duration::from_secs(5));
 }
 
 /// Events of one job always land on the same shard, so they are written in order and
@@ -136,6 +233,8 @@ struct Shard {
     /// Revision and value of snapshots this shard wrote last, for jobs still running.
     cache: HashMap<JobId, (u64, JobSnapshot)>,
     cache_limit: usize,
+    mode: Mode,
+    stats: Arc<Stats>,
 }
 
 impl Shard {
@@ -148,7 +247,8 @@ impl Shard {
                     Ok(event) => event,
                     Err(e) => {
                         tracing::error!(subject = %message.subject, error = %e, "Undecodable event; dropping it.");
-                        ack(&message, AckKind::Term).await;
+                        Stats::add(&self.stats.undecodable, 1);
+                        self.answer(&message, AckKind::Term).await;
                         continue;
                     }
                 };
@@ -161,19 +261,52 @@ impl Shard {
                 }
             }
             for (id, events, messages) in jobs {
-                let outcome = self.project(id, &events).await;
-                let reply = match &outcome {
+                let reply = match self.project_with_retries(id, &events).await {
                     Ok(()) => AckKind::Ack,
-                    Err(e) => {
+                    Err(e) if self.mode == Mode::Live => {
                         tracing::warn!(job_id = %id, error = %e, "Projection failed; the events will come again.");
                         AckKind::Nak(Some(Duration::from_secs(1)))
                     }
+                    Err(e) => {
+                        tracing::error!(job_id = %id, error = %e, "Projection failed; the job's snapshot may be behind.");
+                        Stats::add(&self.stats.failed, events.len());
+                        AckKind::Term
+                    }
                 };
+                Stats::add(&self.stats.events, events.len());
                 for message in &messages {
-                    ack(message, reply).await;
+                    self.answer(message, reply).await;
                 }
             }
         }
+    }
+
+    async fn answer(&self, message: &jetstream::Message, kind: AckKind) {
+        if self.mode == Mode::Live {
+            ack(message, kind).await;
+        }
+    }
+
+    /// Live events that fail come again by redelivery; replayed ones only get these tries.
+    async fn project_with_retries(
+        &mut self,
+        id: JobId,
+        events: &[JobEvent],
+    ) -> Result<(), ProjectError> {
+        let tries = match self.mode {
+            Mode::Live => 1,
+            Mode::Replay => REPLAY_TRIES,
+        };
+        let mut delay = Duration::from_millis(100);
+        let mut outcome = self.project(id, events).await;
+        for _ in 1..tries {
+            let Err(e) = &outcome else { break };
+            tracing::warn!(job_id = %id, error = %e, "Projection failed; trying again.");
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+            outcome = self.project(id, events).await;
+        }
+        outcome
     }
 
     /// Applies `events` (in order) to the job's snapshot and writes the result with a
@@ -221,6 +354,7 @@ impl Shard {
             };
             match written {
                 Ok(revision) => {
+                    Stats::add(&self.stats.writes, 1);
                     self.remember(id, revision, snapshot);
                     return Ok(());
                 }

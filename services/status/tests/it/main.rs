@@ -1,0 +1,7 @@
+//! The status service against a real nats-server: graceful shutdown and `--rebuild`.
+//! Each test starts its own server.
+
+mod helpers;
+
+mod rebuild;
+mod shutdown;
