@@ -138,6 +138,334 @@ impl Drop for NatsServer {
     }
 }
 
+/// How many nodes [`NatsCluster::start`] runs: the smallest cluster that keeps an R3
+/// stream writable with one node down.
+pub const CLUSTER_SIZE: usize = 3;
+
+/// Three `nats-server -js` processes on localhost, routed into one cluster, each with its
+/// own store; killed (and their stores removed) on drop.
+///
+/// Every node has fixed ports for its whole life (clients, routes, monitoring), so a
+/// node restarted after [`kill`](Self::kill) rejoins with the same address and store,
+/// as a crashed machine would.
+pub struct NatsCluster {
+    /// Unique per cluster, so a node that answers on one of our ports is known to be ours.
+    name: String,
+    nodes: Vec<ClusterNode>,
+    dir: TempDir,
+}
+
+struct ClusterNode {
+    server_name: String,
+    client_port: u16,
+    cluster_port: u16,
+    http_port: u16,
+    child: Option<Child>,
+}
+
+impl NatsCluster {
+    /// Starts three nodes and waits until JetStream has a meta leader and every node is
+    /// healthy. Panics with an install hint if the binary is missing.
+    pub fn start() -> Self {
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let dir = tempfile::Builder::new()
+            .prefix("jetjobs-nats-cluster-")
+            .tempdir()
+            .expect("create a temp dir for the nats-server cluster");
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("jetjobs-test-{}-{n}", std::process::id());
+        let nodes = (0..CLUSTER_SIZE)
+            .map(|i| ClusterNode {
+                server_name: format!("n{i}"),
+                client_port: 0,
+                cluster_port: 0,
+                http_port: 0,
+                child: None,
+            })
+            .collect();
+        let mut cluster = Self { name, nodes, dir };
+        // Ports are picked by binding port 0 and letting go, so another process may take
+        // one before our server binds it; then the node exits at once and we pick again.
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            cluster.kill_all();
+            let ports = free_ports(3 * CLUSTER_SIZE);
+            for (i, node) in cluster.nodes.iter_mut().enumerate() {
+                node.client_port = ports[3 * i];
+                node.cluster_port = ports[3 * i + 1];
+                node.http_port = ports[3 * i + 2];
+            }
+            for i in 0..CLUSTER_SIZE {
+                // A failed attempt may have left a store that knows other peers.
+                let _ = std::fs::remove_dir_all(cluster.node_dir(i));
+                cluster.write_config(i);
+                cluster.spawn(i);
+            }
+            match (0..CLUSTER_SIZE).try_for_each(|i| cluster.wait_listening(i)) {
+                Ok(()) => {
+                    cluster.wait_healthy(Duration::from_secs(30));
+                    return cluster;
+                }
+                Err(e) => last_error = e,
+            }
+        }
+        panic!("the nats-server cluster did not start: {last_error}");
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// The client URL of node `i`.
+    pub fn url(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.nodes[i].client_port)
+    }
+
+    /// Every node's client URL, comma-separated (the form `NATS_URL` takes).
+    pub fn urls(&self) -> String {
+        (0..self.len())
+            .map(|i| self.url(i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Node `i`'s `server_name`, as stream and consumer info name their leader and replicas.
+    pub fn server_name(&self, i: usize) -> &str {
+        &self.nodes[i].server_name
+    }
+
+    /// The node with this `server_name`.
+    pub fn node_named(&self, server_name: &str) -> Option<usize> {
+        self.nodes
+            .iter()
+            .position(|node| node.server_name == server_name)
+    }
+
+    /// Node `i`'s log file (kept until the cluster is dropped).
+    pub fn log_file(&self, i: usize) -> PathBuf {
+        self.node_dir(i).join("nats-server.log")
+    }
+
+    /// The JetStream meta leader's `server_name`, as a running node's `/jsz` reports it.
+    pub fn meta_leader(&self) -> Option<String> {
+        (0..self.len())
+            .filter(|&i| self.is_running(i))
+            .find_map(|i| {
+                let (status, body) = http_get(self.nodes[i].http_port, "/jsz").ok()?;
+                let jsz: serde_json::Value =
+                    serde_json::from_str(&body).ok().filter(|_| status == 200)?;
+                jsz["meta_cluster"]["leader"].as_str().map(str::to_string)
+            })
+    }
+
+    pub fn is_running(&self, i: usize) -> bool {
+        self.nodes[i].child.is_some()
+    }
+
+    /// Connects a plain client that knows every node, so it fails over by itself (test
+    /// code; services connect through their own config).
+    pub async fn client(&self) -> async_nats::Client {
+        let addrs: Vec<async_nats::ServerAddr> = (0..self.len())
+            .map(|i| self.url(i).parse().expect("a valid server address"))
+            .collect();
+        async_nats::ConnectOptions::new()
+            .name("test")
+            .connect(addrs)
+            .await
+            .expect("connect to the test nats-server cluster")
+    }
+
+    /// SIGKILL node `i`, as a crash would: nothing is flushed or closed cleanly.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts node `i` again with the same ports and store, and waits until it is
+    /// healthy again (it has rejoined and caught up with its streams).
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            self.spawn(i);
+            match self.wait_listening(i) {
+                Ok(()) => break,
+                // Someone took one of its ports while it was down; it may let go soon.
+                Err(e) if Instant::now() < deadline => {
+                    tracing::warn!(error = %e, "A restarted nats-server did not come up; retrying.");
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                Err(e) => panic!("node {i} did not restart: {e}"),
+            }
+        }
+        self.wait_node_healthy(i, Duration::from_secs(30));
+    }
+
+    /// Waits until every running node reports healthy (`/healthz`: JetStream has a meta
+    /// leader and this node's streams and consumers are current).
+    pub fn wait_healthy(&self, timeout: Duration) {
+        for i in 0..self.len() {
+            if self.is_running(i) {
+                self.wait_node_healthy(i, timeout);
+            }
+        }
+    }
+
+    fn wait_node_healthy(&self, i: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            match http_get(self.nodes[i].http_port, "/healthz") {
+                Ok((200, _)) => return,
+                Ok((status, body)) => last = format!("{status} {body}"),
+                Err(e) => last = e.to_string(),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "nats-server node {i} was not healthy within {timeout:?}: {last} (log: {})",
+            self.log_file(i).display()
+        );
+    }
+
+    fn node_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(&self.nodes[i].server_name)
+    }
+
+    fn config_file(&self, i: usize) -> PathBuf {
+        self.node_dir(i).join("nats-server.conf")
+    }
+
+    fn write_config(&self, i: usize) {
+        let node = &self.nodes[i];
+        let dir = self.node_dir(i);
+        std::fs::create_dir_all(&dir).expect("create a node dir");
+        let routes = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, other)| format!("    \"nats-route://127.0.0.1:{}\"", other.cluster_port))
+            .collect::<Vec<_>>()
+            .join("\n");
+        // JSON string quoting is valid in the NATS config format and escapes the paths.
+        let quote = |path: PathBuf| serde_json::Value::from(path.to_string_lossy()).to_string();
+        let config = format!(
+            "server_name: {server_name}\n\
+             listen: \"127.0.0.1:{client}\"\n\
+             http: \"127.0.0.1:{http}\"\n\
+             log_file: {log}\n\
+             jetstream {{\n    store_dir: {store}\n}}\n\
+             cluster {{\n    name: {cluster}\n    listen: \"127.0.0.1:{route}\"\n    routes: [\n{routes}\n    ]\n}}\n",
+            server_name = node.server_name,
+            client = node.client_port,
+            http = node.http_port,
+            log = quote(self.log_file(i)),
+            store = quote(dir.join("store")),
+            cluster = self.name,
+            route = node.cluster_port,
+        );
+        std::fs::write(self.config_file(i), config).expect("write a node config");
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let bin = std::env::var_os("NATS_SERVER_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("nats-server"));
+        let child = Command::new(&bin)
+            .arg("--config")
+            .arg(self.config_file(i))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let child = match child {
+            Ok(child) => child,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!("{INSTALL_HINT}"),
+            Err(e) => panic!("cannot start {}: {e}", bin.display()),
+        };
+        self.nodes[i].child = Some(child);
+    }
+
+    /// Waits until node `i` serves its monitoring port as a member of this cluster; an
+    /// error if it exited (a port was taken) or did not come up.
+    fn wait_listening(&mut self, i: usize) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let exited = match self.nodes[i].child.as_mut() {
+                Some(child) => child.try_wait().ok().flatten(),
+                None => return Err(format!("node {i} is not running")),
+            };
+            if let Some(status) = exited {
+                self.nodes[i].child = None;
+                let log = std::fs::read_to_string(self.log_file(i)).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                return Err(format!(
+                    "node {i} exited with {status}: {}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
+                ));
+            }
+            if let Ok((200, varz)) = http_get(self.nodes[i].http_port, "/varz")
+                && varz.contains(&self.name)
+                && std::net::TcpStream::connect(("127.0.0.1", self.nodes[i].client_port)).is_ok()
+            {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(format!("node {i} did not come up within 20s"))
+    }
+
+    fn kill_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
+
+/// `n` distinct ports that were free a moment ago (all bound at once, then released).
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("a bound address").port())
+        .collect()
+}
+
+/// A minimal HTTP/1.0 GET against the monitoring port: (status, body).
+fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or_else(String::new, |(_, body)| body.to_string());
+    Ok((status, body))
+}
+
 /// A nats-server with the layout for one processor provisioned and that processor running
 /// in-process: publish jobs as the gateway does, and read back their events.
 pub struct ProcessorHarness {
@@ -199,6 +527,7 @@ impl ProcessorHarness {
             max_attempts: 3,
             timeout_secs: None,
             created_at: crate::job::now(),
+            prior_attempts: 0,
         };
         let mut events = self
             .client
@@ -211,7 +540,11 @@ impl ProcessorHarness {
         message_headers.insert(headers::JOB_ID, request.id.to_string().as_str());
         let body = serde_json::to_vec(&request).expect("encode the request");
         self.js
-            .publish_with_headers(subjects::submit(&kind), message_headers, body.into())
+            .publish_with_headers(
+                subjects::submit(&kind, request.id),
+                message_headers,
+                body.into(),
+            )
             .await
             .expect("publish the job")
             .await

@@ -5,6 +5,7 @@
 //! Every scenario writes its row of the results table to `docs/reliability.md`
 //! (see [`report`]), so the document always shows the latest run.
 
+mod cluster;
 mod report;
 
 /// Scenarios kill processes and load the machine on purpose; running two at once would
