@@ -27,6 +27,7 @@ pub fn requirements() -> Vec<Requirement> {
     vec![
         Requirement::Stream(layout::JOBS_STREAM),
         Requirement::Stream(layout::EVENTS_STREAM),
+        Requirement::Stream(layout::DEAD_STREAM),
         Requirement::Bucket(layout::STATUS_BUCKET),
         Requirement::Bucket(layout::KINDS_BUCKET),
         Requirement::Bucket(layout::IDEMPOTENCY_BUCKET),

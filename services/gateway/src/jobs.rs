@@ -74,7 +74,7 @@ pub async fn get(
     }
 }
 
-fn parse_id(raw: &str) -> Result<JobId, ApiError> {
+pub fn parse_id(raw: &str) -> Result<JobId, ApiError> {
     raw.parse::<JobId>().map_err(|e| {
         ApiError::bad_request(format!("{raw:?} is not a job id (a UUID is expected): {e}"))
     })
@@ -99,19 +99,29 @@ fn idempotency_key(value: &HeaderValue) -> Result<String, ApiError> {
 }
 
 fn accepted(status: StatusCode, job: Accepted) -> Result<Response, ApiError> {
-    let mut response = json_response(status, job.snapshot);
+    accepted_response(status, job.id, job.snapshot, job.replayed)
+}
+
+/// A job snapshot with `Location` (and `Idempotent-Replayed` for a replay).
+pub fn accepted_response(
+    status: StatusCode,
+    id: JobId,
+    snapshot: Bytes,
+    replayed: bool,
+) -> Result<Response, ApiError> {
+    let mut response = json_response(status, snapshot);
     let headers = response.headers_mut();
-    let location = HeaderValue::try_from(format!("/v1/jobs/{}", job.id))
+    let location = HeaderValue::try_from(format!("/v1/jobs/{id}"))
         .map_err(|e| ApiError::internal(e.to_string()))?;
     headers.insert(header::LOCATION, location);
-    if job.replayed {
+    if replayed {
         headers.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
     }
     Ok(response)
 }
 
 /// Snapshots are stored as JSON already; they are served as stored, without re-encoding.
-fn json_response(status: StatusCode, body: Bytes) -> Response {
+pub fn json_response(status: StatusCode, body: Bytes) -> Response {
     (
         status,
         [(

@@ -4,6 +4,7 @@
 //! once; it reads job status from KV `job_status`, which the status service keeps up to
 //! date. It never calls another service: everything goes through NATS.
 
+mod control;
 pub mod error;
 mod extract;
 mod health;
@@ -90,13 +91,21 @@ pub struct AppState {
     status: kv::Store,
     claims: kv::Store,
     kinds: kinds::KindCache,
+    /// `JOB_EVENTS`, read (direct get) to see a job's last event.
+    events: jetstream::stream::Stream,
+    /// `JOBS_DEAD`, read to retry a failed job.
+    dead: jetstream::stream::Stream,
 }
 
 pub fn router(state: AppState, config: &Config) -> Router {
     // Request/response routes: each request must be answered within the request timeout.
     let timed = Router::new()
         .route("/v1/jobs", post(jobs::create))
-        .route("/v1/jobs/{id}", get(jobs::get).put(jobs::put))
+        .route(
+            "/v1/jobs/{id}",
+            get(jobs::get).put(jobs::put).delete(control::cancel),
+        )
+        .route("/v1/jobs/{id}/retry", post(control::retry))
         .route_layer(middleware::from_fn_with_state(
             Duration::from_secs(config.request_timeout_secs),
             serve::request_timeout,
@@ -149,6 +158,14 @@ pub async fn run(
         status: open(layout::STATUS_BUCKET).await?,
         claims: open(layout::IDEMPOTENCY_BUCKET).await?,
         kinds: kinds::KindCache::start(open(layout::KINDS_BUCKET).await?, shutdown.clone()),
+        events: js
+            .get_stream(layout::EVENTS_STREAM)
+            .await
+            .context("opening stream JOB_EVENTS")?,
+        dead: js
+            .get_stream(layout::DEAD_STREAM)
+            .await
+            .context("opening stream JOBS_DEAD")?,
         client: client.clone(),
         js,
     };

@@ -22,6 +22,8 @@ pub struct Options {
     pub ack_wait: Duration,
     pub cpu_concurrency: usize,
     pub run_io: bool,
+    /// Jobs processor-io runs at once.
+    pub io_concurrency: usize,
     pub run_status: bool,
     pub max_body_bytes: usize,
 }
@@ -32,6 +34,7 @@ impl Default for Options {
             ack_wait: Duration::from_secs(30),
             cpu_concurrency: 2,
             run_io: true,
+            io_concurrency: 64,
             run_status: true,
             max_body_bytes: 64 * 1024,
         }
@@ -105,7 +108,9 @@ impl System {
 
         let url = nats.url();
         let status = options.run_status.then(|| start_status(&url));
-        let io = options.run_io.then(|| start_io(&url));
+        let io = options
+            .run_io
+            .then(|| start_io_with(&url, options.io_concurrency));
         let cpu = Some(start_cpu(&url, options.cpu_concurrency));
 
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -224,6 +229,12 @@ impl System {
             .last_sequence
     }
 
+    /// Messages a stream holds now.
+    pub async fn stream_messages(&self, name: &str) -> u64 {
+        let mut stream = self.js.get_stream(name).await.expect("stream");
+        stream.info().await.expect("stream info").state.messages
+    }
+
     pub async fn bucket_last_seq(&self, bucket: &str) -> u64 {
         self.stream_last_seq(&format!("KV_{bucket}")).await
     }
@@ -248,10 +259,17 @@ pub fn start_status(url: &str) -> Component {
 }
 
 pub fn start_io(url: &str) -> Component {
+    start_io_with(url, 64)
+}
+
+pub fn start_io_with(url: &str, concurrency: usize) -> Component {
+    let concurrency = concurrency.to_string();
     let config = jetjobs_processor_io::Config::parse_from([
         "jetjobs-processor-io",
         "--nats-url",
         url,
+        "--concurrency",
+        &concurrency,
         "--retry-base-ms",
         "50",
         "--shutdown-grace-secs",

@@ -7,6 +7,7 @@ mod crash;
 mod errors;
 mod idempotency;
 mod jobs;
+mod lifecycle;
 mod projection;
 mod read_your_writes;
 mod saturation;
