@@ -295,7 +295,11 @@ async fn open_or_create(
                 ..Default::default()
             })
             .await
-            .map_err(nats_err(format!("creating KV bucket {name}")))?;
+            .map_err(nats_err(format!(
+                "creating KV bucket {name} like {} (max_bytes {})",
+                layout::STATUS_BUCKET,
+                template.max_bytes
+            )))?;
             // As provisioning does: a full bucket drops its oldest entries rather than
             // refusing writes.
             let mut stream = js

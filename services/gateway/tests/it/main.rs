@@ -10,4 +10,5 @@ mod jobs;
 mod lifecycle;
 mod projection;
 mod read_your_writes;
+mod rebuild;
 mod saturation;

@@ -1,0 +1,195 @@
+//! The KV is a projection (DESIGN invariant 5): after a mixed workload through the real
+//! gateway, processors and status service, `jetjobs-status --rebuild` into a fresh bucket
+//! recreates exactly the live `job_status`: the same keys, the same snapshots.
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::process::Command;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use clap::Parser as _;
+use futures::StreamExt as _;
+use jetjobs_status::rebuild::{self, Options as RebuildOptions};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{Options, System, eventually, service_binary};
+
+/// Every key of a bucket with its value, parsed.
+async fn contents(js: &jetstream::Context, name: &str) -> BTreeMap<String, Value> {
+    let bucket: kv::Store = js.get_key_value(name).await.expect("bucket");
+    let mut keys: Vec<String> = bucket
+        .keys()
+        .await
+        .expect("keys")
+        .map(|key| key.expect("key"))
+        .collect()
+        .await;
+    keys.sort();
+    let mut out = BTreeMap::new();
+    for key in keys {
+        let value = bucket.get(&key).await.expect("get").expect("a value");
+        let snapshot: Value = serde_json::from_slice(&value).expect("snapshots are JSON");
+        out.insert(key, snapshot);
+    }
+    out
+}
+
+async fn projection_idle(system: &System) {
+    eventually(Duration::from_secs(30), || async {
+        let stream = system.js.get_stream("JOB_EVENTS").await.ok()?;
+        let mut consumer: jetstream::consumer::PullConsumer =
+            stream.get_consumer("status-projector").await.ok()?;
+        let info = consumer.info().await.ok()?;
+        (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+    })
+    .await
+    .expect("the status service caught up");
+}
+
+fn png() -> String {
+    let source = image::RgbImage::from_fn(64, 32, |x, y| image::Rgb([x as u8, y as u8, 7]));
+    let mut png = Vec::new();
+    image::DynamicImage::ImageRgb8(source)
+        .write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
+        .expect("encode png");
+    B64.encode(&png)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuilt_bucket_equals_the_live_one() {
+    let system = System::start_with(Options::default()).await;
+
+    // (kind, payload, expected final state)
+    let mut workload: Vec<(&str, Value, &str)> = Vec::new();
+    for _ in 0..12 {
+        workload.push(("noop", json!({}), "succeeded"));
+    }
+    for ms in [10, 40, 80] {
+        workload.push(("sleep", json!({"ms": ms}), "succeeded"));
+    }
+    // Above the processor's cap: fails at once, without retries.
+    workload.push(("sleep", json!({"ms": 10_000_000}), "failed"));
+    for rounds in [1, 50] {
+        workload.push(("hash", json!({"size": 4096, "rounds": rounds}), "succeeded"));
+    }
+    workload.push((
+        "hash",
+        json!({"data_b64": "aGk=", "size": 2, "rounds": 1}),
+        "failed",
+    ));
+    workload.push((
+        "thumbnail",
+        json!({"image_b64": png(), "width": 16, "height": 16}),
+        "succeeded",
+    ));
+    // Retried, then succeeded; retried until out of attempts; failed at once.
+    for fail in ["retryable", "panic"] {
+        workload.push(("flaky", json!({"fail": fail, "times": 1}), "succeeded"));
+    }
+    workload.push((
+        "flaky",
+        json!({"fail": "retryable", "times": 2}),
+        "succeeded",
+    ));
+    workload.push(("flaky", json!({"fail": "retryable"}), "failed"));
+    workload.push(("flaky", json!({"fail": "permanent"}), "failed"));
+
+    let mut jobs = Vec::new();
+    for (kind, payload, expected) in &workload {
+        let accepted = system.submit(kind, payload.clone()).await;
+        let id = accepted["id"].as_str().expect("id").to_string();
+        jobs.push((id, *kind, *expected));
+    }
+    // A client-chosen id, and a keyed submission repeated: still one job each.
+    let own = jetjobs::JobId::new_v7().to_string();
+    let put = system
+        .http
+        .put(system.url(&format!("/v1/jobs/{own}")))
+        .json(&json!({"id": own, "kind": "noop"}))
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(put.status(), reqwest::StatusCode::ACCEPTED);
+    jobs.push((own, "noop", "succeeded"));
+    let mut keyed = None;
+    for _ in 0..2 {
+        let response = system
+            .http
+            .post(system.url("/v1/jobs"))
+            .header("Idempotency-Key", "rebuild-test")
+            .json(&json!({"kind": "noop"}))
+            .send()
+            .await
+            .expect("POST");
+        let body: Value = response.json().await.expect("body");
+        let id = body["id"].as_str().expect("id").to_string();
+        assert!(keyed.as_ref().is_none_or(|k| *k == id));
+        keyed = Some(id);
+    }
+    jobs.push((keyed.expect("keyed job"), "noop", "succeeded"));
+
+    for (id, kind, expected) in &jobs {
+        let done = system.wait_terminal(id, Duration::from_secs(60)).await;
+        assert_eq!(done["state"], *expected, "{kind} job {id}: {done}");
+    }
+    projection_idle(&system).await;
+    let live = contents(&system.js, "job_status").await;
+    assert_eq!(live.len(), jobs.len(), "one snapshot per job");
+    // The workload did what it is meant to: retries, and failures after retries.
+    assert!(
+        live.values()
+            .any(|s| s["state"] == "succeeded" && s["attempt"] == 3)
+    );
+    assert!(
+        live.values()
+            .any(|s| s["state"] == "failed" && s["attempt"] == 3)
+    );
+
+    // In-process, as a library.
+    let shutdown = CancellationToken::new();
+    let report = rebuild::rebuild(
+        &system.js,
+        &RebuildOptions::new("job_status_rebuilt"),
+        &shutdown,
+    )
+    .await
+    .expect("rebuild");
+    assert!(report.is_complete() && report.created_bucket, "{report}");
+    assert_eq!(report.jobs, jobs.len() as u64, "{report}");
+    assert_eq!(report.jobs_waiting, 0, "every job has run: {report}");
+    assert_eq!(contents(&system.js, "job_status_rebuilt").await, live);
+    // The test server has room for one more bucket as large as job_status, not two.
+    system
+        .js
+        .delete_key_value("job_status_rebuilt")
+        .await
+        .expect("delete the first copy");
+
+    // Through the binary's command line, into another fresh bucket.
+    let output = Command::new(service_binary("jetjobs-status"))
+        .args(["--rebuild", "--bucket", "job_status_cli"])
+        .env("NATS_URL", system.nats.url())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run jetjobs-status --rebuild");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "exit {:?}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("Rebuilt KV bucket job_status_cli (created)")
+            && stdout.contains(&format!("jobs in the bucket: {}", jobs.len())),
+        "{stdout}"
+    );
+    assert_eq!(contents(&system.js, "job_status_cli").await, live);
+
+    // `--bucket` only makes sense with `--rebuild`.
+    assert!(jetjobs_status::Config::try_parse_from(["jetjobs-status", "--bucket", "x"]).is_err());
+}
