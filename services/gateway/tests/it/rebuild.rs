@@ -16,6 +16,8 @@ use jetjobs_status::rebuild::{self, Options as RebuildOptions};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use reqwest::StatusCode;
+
 use crate::helpers::{Options, System, eventually, service_binary};
 
 /// Every key of a bucket with its value, parsed.
@@ -59,12 +61,99 @@ fn png() -> String {
     B64.encode(&png)
 }
 
+async fn post_job(system: &System, body: Value) -> String {
+    let response = system.post(&body).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED, "submit {body}");
+    let accepted: Value = response.json().await.expect("snapshot");
+    accepted["id"].as_str().expect("id").to_string()
+}
+
+async fn cancel(system: &System, id: &str) {
+    let response = system
+        .http
+        .delete(system.url(&format!("/v1/jobs/{id}")))
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(response.status(), StatusCode::OK, "cancel {id}");
+}
+
+async fn retry(system: &System, id: &str) {
+    let response = system
+        .http
+        .post(system.url(&format!("/v1/jobs/{id}/retry")))
+        .send()
+        .await
+        .expect("POST retry");
+    assert_eq!(response.status(), StatusCode::ACCEPTED, "retry {id}");
+}
+
+/// A job of the workload and how it must end: its state, and for some its attempt.
+struct Expect {
+    id: String,
+    state: &'static str,
+    attempt: Option<u64>,
+}
+
+impl Expect {
+    fn new(id: String, state: &'static str) -> Self {
+        Self {
+            id,
+            state,
+            attempt: None,
+        }
+    }
+
+    fn on_attempt(mut self, attempt: u64) -> Self {
+        self.attempt = Some(attempt);
+        self
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebuilt_bucket_equals_the_live_one() {
-    let system = System::start_with(Options::default()).await;
+    // processor-io runs one job at a time, so a job can be held in the queue.
+    let system = System::start_with(Options {
+        io_concurrency: 1,
+        ..Options::default()
+    })
+    .await;
+    let wait = Duration::from_secs(60);
+    let mut jobs: Vec<Expect> = Vec::new();
 
-    // (kind, payload, expected final state)
-    let mut workload: Vec<(&str, Value, &str)> = Vec::new();
+    // Cancellations: one running, one still queued behind it.
+    let running = post_job(&system, json!({"kind": "sleep", "payload": {"ms": 60_000}})).await;
+    system
+        .wait_for(&running, wait, |s| s["state"] == "running")
+        .await;
+    let queued = post_job(&system, json!({"kind": "sleep", "payload": {"ms": 10}})).await;
+    cancel(&system, &queued).await;
+    cancel(&system, &running).await;
+    jobs.push(Expect::new(running, "cancelled").on_attempt(1));
+    jobs.push(Expect::new(queued, "cancelled").on_attempt(0));
+
+    // Retries of failed jobs: one succeeds in its second series of attempts, one fails
+    // again.
+    let comes_back = post_job(
+        &system,
+        json!({"kind": "flaky", "payload": {"fail": "retryable", "times": 3}, "max_attempts": 3}),
+    )
+    .await;
+    let fails_again = post_job(
+        &system,
+        json!({"kind": "flaky", "payload": {"fail": "permanent"}}),
+    )
+    .await;
+    for id in [&comes_back, &fails_again] {
+        let dead = system.wait_terminal(id, wait).await;
+        assert_eq!(dead["state"], "failed", "{dead}");
+        retry(&system, id).await;
+    }
+    jobs.push(Expect::new(comes_back, "succeeded").on_attempt(4));
+    jobs.push(Expect::new(fails_again, "failed").on_attempt(2));
+
+    // Successes, retries and failures of every kind.
+    let mut workload: Vec<(&str, Value, &'static str)> = Vec::new();
     for _ in 0..12 {
         workload.push(("noop", json!({}), "succeeded"));
     }
@@ -86,7 +175,6 @@ async fn a_rebuilt_bucket_equals_the_live_one() {
         json!({"image_b64": png(), "width": 16, "height": 16}),
         "succeeded",
     ));
-    // Retried, then succeeded; retried until out of attempts; failed at once.
     for fail in ["retryable", "panic"] {
         workload.push(("flaky", json!({"fail": fail, "times": 1}), "succeeded"));
     }
@@ -97,13 +185,11 @@ async fn a_rebuilt_bucket_equals_the_live_one() {
     ));
     workload.push(("flaky", json!({"fail": "retryable"}), "failed"));
     workload.push(("flaky", json!({"fail": "permanent"}), "failed"));
-
-    let mut jobs = Vec::new();
-    for (kind, payload, expected) in &workload {
-        let accepted = system.submit(kind, payload.clone()).await;
-        let id = accepted["id"].as_str().expect("id").to_string();
-        jobs.push((id, *kind, *expected));
+    for (kind, payload, state) in workload {
+        let id = post_job(&system, json!({"kind": kind, "payload": payload})).await;
+        jobs.push(Expect::new(id, state));
     }
+
     // A client-chosen id, and a keyed submission repeated: still one job each.
     let own = jetjobs::JobId::new_v7().to_string();
     let put = system
@@ -113,9 +199,9 @@ async fn a_rebuilt_bucket_equals_the_live_one() {
         .send()
         .await
         .expect("PUT");
-    assert_eq!(put.status(), reqwest::StatusCode::ACCEPTED);
-    jobs.push((own, "noop", "succeeded"));
-    let mut keyed = None;
+    assert_eq!(put.status(), StatusCode::ACCEPTED);
+    jobs.push(Expect::new(own, "succeeded"));
+    let mut keyed: Option<String> = None;
     for _ in 0..2 {
         let response = system
             .http
@@ -127,14 +213,19 @@ async fn a_rebuilt_bucket_equals_the_live_one() {
             .expect("POST");
         let body: Value = response.json().await.expect("body");
         let id = body["id"].as_str().expect("id").to_string();
-        assert!(keyed.as_ref().is_none_or(|k| *k == id));
+        assert!(keyed.as_ref().is_none_or(|k| *k == id), "one keyed job");
         keyed = Some(id);
     }
-    jobs.push((keyed.expect("keyed job"), "noop", "succeeded"));
+    jobs.push(Expect::new(keyed.expect("keyed job"), "succeeded"));
 
-    for (id, kind, expected) in &jobs {
-        let done = system.wait_terminal(id, Duration::from_secs(60)).await;
-        assert_eq!(done["state"], *expected, "{kind} job {id}: {done}");
+    for job in &jobs {
+        // A retried job was terminal before: wait for the end of its last series.
+        let done = system
+            .wait_for(&job.id, wait, |s| {
+                s["state"] == job.state && job.attempt.is_none_or(|a| s["attempt"] == a)
+            })
+            .await;
+        assert_eq!(done["state"], job.state, "{done}");
     }
     projection_idle(&system).await;
     let live = contents(&system.js, "job_status").await;
