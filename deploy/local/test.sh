@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 . deploy/local/nats-server.sh
 echo "Using $("$NATS_SERVER_BIN" --version) at $NATS_SERVER_BIN" >&2
-# The crash tests start the real service binaries, so build them first.
-cargo build --workspace --bins
+# The crash and fault-injection tests start the real service binaries, so build them
+# first (with the gateway's failpoints, which only the tests switch on).
+cargo build --workspace --bins --all-features
 cargo test --workspace --all-features "$@"

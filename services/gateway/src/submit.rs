@@ -204,12 +204,25 @@ pub async fn submit(
         }
         return Err(failure.error);
     }
+    failpoint("submit-after-publish");
     let snapshot = write_first_snapshot(state, &request).await?;
     Ok(Accepted {
         id,
         snapshot,
         replayed: repeat,
     })
+}
+
+/// Dies here if the fault-injection suite asked for it (feature `failpoints` only): a
+/// crash at the worst moment, when the job is queued but the client has no answer.
+fn failpoint(name: &str) {
+    #[cfg(feature = "failpoints")]
+    if std::env::var("JETJOBS_FAILPOINT").is_ok_and(|set| set == name) {
+        tracing::error!(failpoint = name, "Failpoint reached; aborting.");
+        std::process::abort();
+    }
+    #[cfg(not(feature = "failpoints"))]
+    let _ = name;
 }
 
 async fn unknown_kind(state: &AppState, kind: &Kind) -> ApiError {
