@@ -172,9 +172,7 @@ pub async fn run(
     let app = router(state, &config);
     let listener = match listener {
         Some(listener) => listener,
-        None => TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("binding {}", config.listen))?,
+        None => serve::bind(config.listen).with_context(|| format!("binding {}", config.listen))?,
     };
     tracing::info!(addr = %listener.local_addr()?, "Gateway listening.");
     serve::serve(listener, app, config.limits(), shutdown).await;

