@@ -10,6 +10,13 @@ mod disk_full;
 mod hostile_http;
 mod nats_loss;
 mod report;
+
+mod check;
+mod deployment;
+mod load;
+mod procs;
+
+mod crashes;
 mod system;
 
 /// Scenarios kill processes and load the machine on purpose; running two at once would
