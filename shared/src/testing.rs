@@ -204,6 +204,7 @@ impl NatsCluster {
             match (0..CLUSTER_SIZE).try_for_each(|i| cluster.wait_listening(i)) {
                 Ok(()) => {
                     cluster.wait_healthy(Duration::from_secs(30));
+                    cluster.wait_meta_current(Duration::from_secs(30));
                     return cluster;
                 }
                 Err(e) => last_error = e,
@@ -306,6 +307,7 @@ impl NatsCluster {
             }
         }
         self.wait_node_healthy(i, Duration::from_secs(30));
+        self.wait_meta_current(Duration::from_secs(30));
     }
 
     /// Waits until every running node reports healthy (`/healthz`: JetStream has a meta
@@ -316,6 +318,53 @@ impl NatsCluster {
                 self.wait_node_healthy(i, timeout);
             }
         }
+    }
+
+    /// Waits until the JetStream meta leader counts every running node as a current peer.
+    /// A node is healthy as soon as it sees a meta leader, but until the leader has heard
+    /// from every peer it may refuse to place an R3 stream.
+    pub fn wait_meta_current(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::from("no meta leader");
+        while Instant::now() < deadline {
+            for i in (0..self.len()).filter(|&i| self.is_running(i)) {
+                let Some(meta) = http_get(self.nodes[i].http_port, "/jsz")
+                    .ok()
+                    .filter(|(status, _)| *status == 200)
+                    .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+                    .map(|jsz| jsz["meta_cluster"].clone())
+                else {
+                    continue;
+                };
+                if meta["leader"].as_str() != Some(self.server_name(i)) {
+                    continue;
+                }
+                let current: Vec<&str> = meta["replicas"]
+                    .as_array()
+                    .map(|replicas| {
+                        replicas
+                            .iter()
+                            .filter(|r| r["current"].as_bool() == Some(true))
+                            .filter_map(|r| r["name"].as_str())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let lagging: Vec<&str> = (0..self.len())
+                    .filter(|&j| j != i && self.is_running(j))
+                    .map(|j| self.server_name(j))
+                    .filter(|name| !current.contains(name))
+                    .collect();
+                if lagging.is_empty() {
+                    return;
+                }
+                last = format!(
+                    "meta leader {} does not count {lagging:?} as current",
+                    self.server_name(i)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the nats-server cluster's meta group did not settle within {timeout:?}: {last}");
     }
 
     fn wait_node_healthy(&self, i: usize, timeout: Duration) {

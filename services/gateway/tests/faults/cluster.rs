@@ -50,7 +50,7 @@ async fn cluster_sigkill_the_jobs_leader() {
         processors: vec![jetjobs_processor_io::spec()],
         ..Layout::default()
     };
-    layout::provision(&js, &layout).await.expect("provision R3");
+    provision(&js, &layout).await;
     for stream in [
         layout::JOBS_STREAM,
         layout::EVENTS_STREAM,
@@ -116,6 +116,16 @@ async fn cluster_sigkill_the_jobs_leader() {
     let consumer_leader = consumer_leader(&js, layout::JOBS_STREAM, jetjobs_processor_io::NAME)
         .await
         .unwrap_or_default();
+    // The failover is timed through a node that stays up, so the test's own reconnect is
+    // not part of it.
+    let survivor = (0..cluster.len())
+        .find(|&i| i != victim)
+        .expect("a node that stays up");
+    let survivor_js = jetstream::new(
+        async_nats::connect(cluster.url(survivor))
+            .await
+            .expect("connect to a surviving node"),
+    );
     let killed_at = Instant::now();
     cluster.kill(victim);
     eprintln!(
@@ -123,7 +133,7 @@ async fn cluster_sigkill_the_jobs_leader() {
          processor-io consumer leader {consumer_leader}) at {:.1}s",
         run_started.elapsed().as_secs_f64()
     );
-    let failover = wait_new_leader(&js, layout::JOBS_STREAM, &jobs_leader).await;
+    let failover = wait_new_leader(&survivor_js, layout::JOBS_STREAM, &jobs_leader).await;
     eprintln!(
         "cluster: JOBS has a new leader {} after {:.2}s",
         failover.1,
@@ -400,6 +410,22 @@ impl Services {
     }
 }
 
+/// Provisions `layout`, retrying for a while: a cluster that has just formed may still
+/// refuse an R3 stream for a moment (say, while its meta leader learns of every peer).
+async fn provision(js: &jetstream::Context, layout: &Layout) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match layout::provision(js, layout).await {
+            Ok(_) => return,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("cluster: provisioning R3 failed ({e}); retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("provisioning R3 failed: {e}"),
+        }
+    }
+}
+
 /// Whether the services' NATS config connects with a comma-separated list of URLs.
 async fn accepts_url_list(urls: &str) -> bool {
     let mut args = jetjobs::config::NatsArgs::local(urls);
@@ -507,6 +533,7 @@ async fn submit(http: &reqwest::Client, base: &str, key: &str, body: &Value) -> 
                 let detail = problem["detail"].as_str().unwrap_or_default();
                 // Keep the kind of failure, not the ids and numbers in it.
                 let short: String = detail.chars().take(70).collect();
+                first_seen(&format!("{status} {short}"), detail);
                 if !status.is_server_error() {
                     // Not something a retry can fix: a bug, reported as such.
                     submission.errors.push(format!("{status} {short}"));
@@ -525,6 +552,15 @@ async fn submit(http: &reqwest::Client, base: &str, key: &str, body: &Value) -> 
             return submission;
         }
         tokio::time::sleep(CLIENT_RETRY_DELAY).await;
+    }
+}
+
+/// Prints the full text of each kind of client error once, for the record.
+fn first_seen(kind: &str, detail: &str) {
+    static SEEN: std::sync::LazyLock<Mutex<HashSet<String>>> =
+        std::sync::LazyLock::new(Mutex::default);
+    if SEEN.lock().expect("seen").insert(kind.to_string()) {
+        eprintln!("cluster: first {kind}…: {detail}");
     }
 }
 
@@ -550,14 +586,17 @@ async fn job_state(http: &reqwest::Client, base: &str, id: &str) -> String {
 // Cluster state.
 
 async fn stream_info(js: &jetstream::Context, name: &str) -> Option<jetstream::stream::Info> {
-    let info = async {
-        let mut stream = js.get_stream(name).await.ok()?;
-        stream.info().await.ok().cloned()
-    };
-    tokio::time::timeout(Duration::from_secs(2), info)
-        .await
-        .ok()
-        .flatten()
+    stream_info_within(js, name, Duration::from_secs(2)).await
+}
+
+async fn stream_info_within(
+    js: &jetstream::Context,
+    name: &str,
+    timeout: Duration,
+) -> Option<jetstream::stream::Info> {
+    // `get_stream` is one STREAM.INFO request; its answer is the cached info.
+    let info = async { Some(js.get_stream(name).await.ok()?.cached_info().clone()) };
+    tokio::time::timeout(timeout, info).await.ok().flatten()
 }
 
 async fn leader_of(js: &jetstream::Context, stream: &str) -> Option<String> {
@@ -581,7 +620,8 @@ async fn consumer_leader(js: &jetstream::Context, stream: &str, consumer: &str) 
 async fn wait_new_leader(js: &jetstream::Context, stream: &str, old: &str) -> (Duration, String) {
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(30) {
-        if let Some(leader) = leader_of(js, stream).await
+        let info = stream_info_within(js, stream, Duration::from_millis(500)).await;
+        if let Some(leader) = info.and_then(|i| i.cluster?.leader)
             && leader != old
         {
             return (started.elapsed(), leader);
