@@ -80,7 +80,8 @@ pub struct JobSnapshot {
     pub result: Option<Value>,
     /// The last error: why the job failed, is retrying, or was cancelled.
     pub error: Option<String>,
-    /// Every failed attempt's error, oldest first (the last [`MAX_ERRORS_KEPT`]).
+    /// Every failed attempt's error, by attempt (the last [`MAX_ERRORS_KEPT`]), whatever
+    /// order the events came in.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<AttemptError>,
 }
@@ -269,6 +270,51 @@ pub enum Skip {
 /// 5. Within one attempt the step may only go forward (`running < retrying < terminal <
 ///    requeued`); progress only grows.
 pub fn apply(current: Option<&JobSnapshot>, event: &JobEvent) -> Result<JobSnapshot, Skip> {
+    match (advance(current, event), current) {
+        // An attempt's error that arrives late (events of one job can be redelivered out
+        // of order) still belongs in the history, though it changes nothing else.
+        (Err(skip), Some(snapshot))
+            if skip != Skip::OtherJob && event.attempt <= snapshot.attempt =>
+        {
+            let mut next = snapshot.clone();
+            if record_error(&mut next, event) {
+                Ok(next)
+            } else {
+                Err(skip)
+            }
+        }
+        (result, _) => result,
+    }
+}
+
+/// Adds the event's error to the history if it is an attempt's error not yet there,
+/// keeping the history ordered by attempt and bounded.
+fn record_error(snapshot: &mut JobSnapshot, event: &JobEvent) -> bool {
+    let (Change::Retrying { error, .. } | Change::Failed { error }) = &event.change else {
+        return false;
+    };
+    let at = match snapshot
+        .errors
+        .binary_search_by_key(&event.attempt, |e| e.attempt)
+    {
+        Ok(_) => return false,
+        Err(at) => at,
+    };
+    snapshot.errors.insert(
+        at,
+        AttemptError {
+            attempt: event.attempt,
+            error: error.clone(),
+            at: event.at,
+        },
+    );
+    if snapshot.errors.len() > MAX_ERRORS_KEPT {
+        snapshot.errors.remove(0);
+    }
+    true
+}
+
+fn advance(current: Option<&JobSnapshot>, event: &JobEvent) -> Result<JobSnapshot, Skip> {
     let base = match current {
         Some(snapshot) => {
             if snapshot.id != event.job_id {
@@ -317,16 +363,7 @@ pub fn apply(current: Option<&JobSnapshot>, event: &JobEvent) -> Result<JobSnaps
         Change::Progress(progress) => next.progress = Some(*progress),
         Change::Retrying { error, .. } | Change::Failed { error } => {
             next.error = Some(error.clone());
-            if !next.errors.iter().any(|e| e.attempt == event.attempt) {
-                if next.errors.len() == MAX_ERRORS_KEPT {
-                    next.errors.remove(0);
-                }
-                next.errors.push(AttemptError {
-                    attempt: event.attempt,
-                    error: error.clone(),
-                    at: event.at,
-                });
-            }
+            record_error(&mut next, event);
         }
         Change::Succeeded { result } => {
             next.result = Some(result.clone());
@@ -531,6 +568,10 @@ mod tests {
             assert_eq!(snap.state, expected.state);
             assert_eq!(snap.attempt, expected.attempt);
             assert_eq!(snap.result, expected.result);
+            assert_eq!(
+                snap.errors, expected.errors,
+                "every attempt's error, in any order"
+            );
         });
     }
 

@@ -82,21 +82,8 @@ impl Watcher {
             .map(|at| at.duration_since(since))
     }
 
-    pub fn snapshot(&self, id: &str) -> Option<Value> {
-        self.seen
-            .lock()
-            .expect("watcher state")
-            .last
-            .get(id)
-            .cloned()
-    }
-
     fn regressions(&self) -> Vec<String> {
-        self.seen
-            .lock()
-            .expect("watcher state")
-            .regressions
-            .clone()
+        self.seen.lock().expect("watcher state").regressions.clone()
     }
 }
 
@@ -128,15 +115,12 @@ async fn watch(status: kv::Store, seen: Arc<Mutex<Seen>>) {
             if let Some(previous) = seen.last.get(&entry.key) {
                 let was = previous["state"].as_str().unwrap_or_default();
                 let backwards = position(&snapshot) < position(previous);
-                let left_terminal = is_terminal(was)
-                    && was != state
-                    && !(was == "failed" && state == "queued");
+                let left_terminal =
+                    is_terminal(was) && was != state && !(was == "failed" && state == "queued");
                 // Same position: only progress may change, and only upward.
                 if backwards || left_terminal {
-                    seen.regressions.push(format!(
-                        "{}: {} -> {}",
-                        entry.key, previous, snapshot
-                    ));
+                    seen.regressions
+                        .push(format!("{}: {} -> {}", entry.key, previous, snapshot));
                 }
             }
             if is_terminal(&state) {
@@ -174,7 +158,13 @@ impl Verdict {
         );
     }
 
-    pub fn row(&self, number: u32, scenario: &str, recovery: Option<Duration>, notes: String) -> crate::report::Row {
+    pub fn row(
+        &self,
+        number: u32,
+        scenario: &str,
+        recovery: Option<Duration>,
+        notes: String,
+    ) -> crate::report::Row {
         crate::report::Row {
             number,
             scenario: scenario.to_string(),
@@ -285,10 +275,10 @@ async fn all_events(js: &jetstream::Context) -> HashMap<String, Vec<(String, u64
         let (Some(id), Some(kind)) = (event["job_id"].as_str(), event["type"].as_str()) else {
             continue;
         };
-        events
-            .entry(id.to_string())
-            .or_default()
-            .push((kind.to_string(), event["attempt"].as_u64().unwrap_or_default()));
+        events.entry(id.to_string()).or_default().push((
+            kind.to_string(),
+            event["attempt"].as_u64().unwrap_or_default(),
+        ));
     }
     events
 }

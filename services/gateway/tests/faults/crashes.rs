@@ -16,7 +16,7 @@ fn sleep_job(ms: u64) -> impl Fn(usize) -> serde_json::Value + Send + Sync + 'st
 }
 
 fn mixed(i: usize) -> serde_json::Value {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         json!({"kind": "noop", "payload": {}})
     } else {
         json!({"kind": "sleep", "payload": {"ms": 20 + (i % 5) as u64 * 20}})
@@ -103,7 +103,11 @@ async fn s3_every_job_accepted_by_a_gateway_that_is_then_killed_completes() {
     assert_eq!(loaded.abandoned, 0);
     assert_eq!(verdict.count_state("succeeded"), loaded.accepted.len());
     assert_eq!(
-        loaded.accepted.iter().collect::<std::collections::HashSet<_>>().len(),
+        loaded
+            .accepted
+            .iter()
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
         loaded.accepted.len()
     );
 }
@@ -164,7 +168,12 @@ async fn s8_a_stale_worker_that_wakes_up_late_changes_nothing() {
     let taken_over: Vec<&String> = loaded
         .accepted
         .iter()
-        .filter(|id| verdict.snapshots.get(*id).is_some_and(|s| s["attempt"] == 2))
+        .filter(|id| {
+            verdict
+                .snapshots
+                .get(*id)
+                .is_some_and(|s| s["attempt"] == 2)
+        })
         .collect();
     report::record(&verdict.row(
         8,

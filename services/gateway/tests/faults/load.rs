@@ -96,8 +96,7 @@ impl Load {
             for task in tasks {
                 task.await.expect("load task");
             }
-            let loaded = results.lock().expect("results").clone();
-            loaded
+            results.lock().expect("results").clone()
         });
         Self { handle, progress }
     }

@@ -17,6 +17,8 @@ mod load;
 mod procs;
 
 mod crashes;
+mod failures;
+mod idempotency;
 mod system;
 
 /// Scenarios kill processes and load the machine on purpose; running two at once would

@@ -115,6 +115,13 @@ impl Service {
         }
     }
 
+    /// Still running (not exited, not crashed)?
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| child.try_wait().ok().flatten().is_none())
+    }
+
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();

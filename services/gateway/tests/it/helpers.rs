@@ -258,10 +258,6 @@ pub fn start_status(url: &str) -> Component {
     })
 }
 
-pub fn start_io(url: &str) -> Component {
-    start_io_with(url, 64)
-}
-
 pub fn start_io_with(url: &str, concurrency: usize) -> Component {
     let concurrency = concurrency.to_string();
     let config = jetjobs_processor_io::Config::parse_from([
