@@ -21,7 +21,10 @@ pub const SUBMIT_ALL: &str = "jobs.submit.>";
 
 /// Kind and job id from a `jobs.submit.<kind>.<id>` subject.
 pub fn parse_submit(subject: &str) -> (Option<Kind>, Option<JobId>) {
-    let mut tokens = subject.strip_prefix("jobs.submit.").unwrap_or("").split('.');
+    let mut tokens = subject
+        .strip_prefix("jobs.submit.")
+        .unwrap_or("")
+        .split('.');
     let kind = tokens.next().and_then(|k| Kind::new(k).ok());
     let id = tokens.next().and_then(|id| id.parse().ok());
     (kind, id)

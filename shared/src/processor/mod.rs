@@ -596,7 +596,9 @@ impl Runtime {
             match self.publish_fenced(&started, &trace, &mut fence).await {
                 Fenced::Recorded => {}
                 Fenced::Superseded(Superseded::Finished) => {
-                    tracing::info!("The job ended before this run started (cancelled?); not running it.");
+                    tracing::info!(
+                        "The job ended before this run started (cancelled?); not running it."
+                    );
                     self.confirm_ack(&message).await;
                     leased.cancel();
                     return;
@@ -739,7 +741,9 @@ impl Runtime {
     async fn stand_down(&self, message: &jetstream::Message, superseded: Superseded) {
         match superseded {
             Superseded::Finished => {
-                tracing::info!("The job ended meanwhile (another run or a cancellation); dropping this outcome.");
+                tracing::info!(
+                    "The job ended meanwhile (another run or a cancellation); dropping this outcome."
+                );
                 self.confirm_ack(message).await;
             }
             Superseded::Taken => {
@@ -949,7 +953,12 @@ impl Runtime {
     /// says why: another run or a cancellation ended the job, a newer run took over, or
     /// only this run's own progress (or a stale run's) came in between, and the publish
     /// is tried again after it.
-    async fn publish_fenced(&self, event: &JobEvent, trace: &HeaderMap, fence: &mut Fence) -> Fenced {
+    async fn publish_fenced(
+        &self,
+        event: &JobEvent,
+        trace: &HeaderMap,
+        fence: &mut Fence,
+    ) -> Fenced {
         let (subject, headers, payload) = match event_message(event, trace) {
             Ok(message) => message,
             Err(e) => {

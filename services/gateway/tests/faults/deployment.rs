@@ -104,7 +104,12 @@ impl Deployment {
     /// Starts one more processor-io replica.
     pub fn start_io(&mut self) {
         let name = format!("processor-io-{}", self.io.len() + 1);
-        let replica = Service::start(&name, "jetjobs-processor-io", &self.io_env, self.logs.path());
+        let replica = Service::start(
+            &name,
+            "jetjobs-processor-io",
+            &self.io_env,
+            self.logs.path(),
+        );
         self.io.push(replica);
     }
 
@@ -134,7 +139,12 @@ impl Deployment {
             response.status().is_success().then_some(())
         })
         .await
-        .unwrap_or_else(|| panic!("the gateway never became ready:\n{}", self.gateway.log_tail()));
+        .unwrap_or_else(|| {
+            panic!(
+                "the gateway never became ready:\n{}",
+                self.gateway.log_tail()
+            )
+        });
         started.elapsed()
     }
 }

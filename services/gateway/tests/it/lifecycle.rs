@@ -68,7 +68,11 @@ async fn a_cancelled_queued_job_never_runs() {
         types(&system.events_of("sleep", &queued).await),
         [("cancelled", 0)]
     );
-    assert_eq!(system.stream_messages("JOBS").await, 0, "nothing left queued");
+    assert_eq!(
+        system.stream_messages("JOBS").await,
+        0,
+        "nothing left queued"
+    );
 
     // Ended is ended.
     let again = assert_problem(delete(&system, &queued).await, StatusCode::CONFLICT).await;
@@ -84,7 +88,9 @@ async fn a_running_job_is_stopped_by_a_cancellation() {
     .await;
     let job = system.submit("sleep", json!({"ms": 60_000})).await;
     let id = job["id"].as_str().expect("id").to_string();
-    system.wait_for(&id, WAIT, |s| s["state"] == "running").await;
+    system
+        .wait_for(&id, WAIT, |s| s["state"] == "running")
+        .await;
 
     let response = delete(&system, &id).await;
     assert_eq!(response.status(), StatusCode::OK);
@@ -100,7 +106,9 @@ async fn a_running_job_is_stopped_by_a_cancellation() {
     assert_eq!(next["state"], "succeeded");
     let events = system.events_of("sleep", &id).await;
     assert!(
-        !events.iter().any(|(t, _)| t == "succeeded" || t == "failed"),
+        !events
+            .iter()
+            .any(|(t, _)| t == "succeeded" || t == "failed"),
         "one end only: {events:?}"
     );
     assert_eq!(
@@ -231,7 +239,10 @@ async fn permanent_errors_panics_and_hangs_each_fail_with_their_reason() {
         (Some("failed"), Some(1)),
         "a permanent error is not retried"
     );
-    assert_eq!(snapshot["error"], "flaky: attempt 1 failed permanently as asked");
+    assert_eq!(
+        snapshot["error"],
+        "flaky: attempt 1 failed permanently as asked"
+    );
 
     let snapshot = system.wait_terminal(&panics, WAIT).await;
     assert_eq!(snapshot["state"], "failed");
