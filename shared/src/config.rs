@@ -11,7 +11,8 @@ use anyhow::Context as _;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct NatsArgs {
-    /// NATS server URL(s), comma-separated.
+    /// NATS server URL(s), comma-separated: with a cluster, list several so a service
+    /// can (re)connect while any one of them is down.
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
     /// Credentials file (JWT + nkey seed).
@@ -45,7 +46,7 @@ impl NatsArgs {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(self.connect_timeout_secs);
         let mut delay = Duration::from_millis(100);
         loop {
-            match self.options(name).await?.connect(&self.nats_url).await {
+            match self.options(name).await?.connect(self.servers()?).await {
                 Ok(client) => return Ok(client),
                 Err(e) if tokio::time::Instant::now() + delay < deadline => {
                     tracing::warn!(url = %self.nats_url, error = %e, "NATS is not reachable yet; retrying.");
@@ -62,6 +63,22 @@ impl NatsArgs {
                 }
             }
         }
+    }
+
+    /// The servers of `nats_url`, which may list several, comma-separated.
+    pub fn servers(&self) -> anyhow::Result<Vec<async_nats::ServerAddr>> {
+        let servers = self
+            .nats_url
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .map(|url| {
+                url.parse::<async_nats::ServerAddr>()
+                    .with_context(|| format!("{url:?} is not a NATS server URL"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        anyhow::ensure!(!servers.is_empty(), "NATS_URL names no server");
+        Ok(servers)
     }
 
     async fn options(&self, name: &str) -> anyhow::Result<async_nats::ConnectOptions> {
@@ -85,5 +102,20 @@ impl NatsArgs {
                     other => tracing::debug!(event = %other, "NATS connection event."),
                 }
             }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nats_url_may_list_several_servers() {
+        let args = NatsArgs::local("nats://a:4222, nats://b:4223,nats://c:4224");
+        let servers = args.servers().expect("three servers");
+        assert_eq!(servers.len(), 3);
+        assert!(NatsArgs::local("nats://a:4222,,").servers().is_ok());
+        assert!(NatsArgs::local(" , ").servers().is_err());
+        assert!(NatsArgs::local("nats://a:notaport").servers().is_err());
     }
 }

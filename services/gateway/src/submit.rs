@@ -374,9 +374,10 @@ fn publish_error(e: jetstream::context::PublishError) -> PublishFailure {
         PublishErrorKind::MaxPayloadExceeded => refused(ApiError::too_large(
             "the job is larger than the NATS server accepts in one message",
         )),
+        // Also what a cluster answers while JOBS elects a new leader.
         PublishErrorKind::StreamNotFound => refused(ApiError::unavailable(
-            "the JOBS stream is missing; the system is not provisioned",
-            5,
+            "the JOBS stream is not available (a cluster electing its leader, or not provisioned)",
+            2,
         )),
         _ => {
             let text = e.to_string();
