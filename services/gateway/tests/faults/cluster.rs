@@ -216,6 +216,7 @@ async fn cluster_sigkill_the_jobs_leader() {
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let watched_to = checker.lock().expect("checker").last_revision;
     watcher_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), watcher).await;
     let checker = checker.lock().expect("checker").clone();
@@ -318,6 +319,10 @@ async fn cluster_sigkill_the_jobs_leader() {
             .take(5)
             .map(|s| &s.errors)
             .collect::<Vec<_>>()
+    );
+    assert!(
+        watched_to >= last_revision,
+        "the job_status watch saw revisions up to {watched_to} of {last_revision}: regressions may be missing"
     );
     assert!(lost_ids.is_empty(), "lost jobs: {lost_ids:?}");
     assert!(duplicated.is_empty(), "duplicated jobs: {duplicated:?}");
