@@ -196,3 +196,43 @@ async fn s8_a_stale_worker_that_wakes_up_late_changes_nothing() {
     }
     assert_eq!(verdict.count_state("succeeded"), loaded.accepted.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s12_a_clean_shutdown_of_every_service_leaves_nothing_waiting_for_ack_wait() {
+    let _turn = crate::serial().await;
+    // An ack_wait far longer than the run: a job a clean shutdown left unacked would
+    // sit out the minute and fail the deadline below.
+    let ack_wait = Duration::from_secs(60);
+    let mut system = Deployment::start(Setup {
+        ack_wait,
+        ..Setup::default()
+    })
+    .await;
+    let watcher = Watcher::start(&system.js).await;
+    let load = Load::start(system.base.clone(), 600, 32, sleep_job(1_500));
+    load.wait_accepted(200).await;
+    // SIGTERM everything mid-run: processors finish what they can in their 2 s grace and
+    // hand back the rest; the status service acks what it projected and hands back the
+    // rest; the gateway finishes in-flight requests.
+    system.io[0].terminate().await;
+    system.status.terminate().await;
+    system.gateway.terminate().await;
+    let restarted = Instant::now();
+    system.status.restart();
+    system.gateway.restart();
+    system.io[0].restart();
+    let loaded = load.finish().await;
+    let verdict = verify(&system.js, &watcher, &loaded.accepted, ack_wait / 2).await;
+    let recovery = watcher.first_completion_after(restarted);
+    report::record(&verdict.row(
+        12,
+        "SIGTERM every service mid-run (ack_wait 60 s), start them again",
+        recovery,
+        format!(
+            "600 × sleep 1.5 s, 32 clients; {} jobs handed back at shutdown ran again at once; every job done within 30 s of the restart, so none waited for ack_wait",
+            verdict.rerun()
+        ),
+    ));
+    verdict.assert_clean();
+    assert_eq!(verdict.count_state("succeeded"), loaded.accepted.len());
+}
