@@ -26,6 +26,8 @@ pub struct Options {
     pub io_concurrency: usize,
     pub run_status: bool,
     pub max_body_bytes: usize,
+    /// `JOBS` holds at most this many jobs (waiting or running).
+    pub jobs_max_msgs: i64,
 }
 
 impl Default for Options {
@@ -37,6 +39,7 @@ impl Default for Options {
             io_concurrency: 64,
             run_status: true,
             max_body_bytes: 64 * 1024,
+            jobs_max_msgs: Layout::default().jobs_max_msgs,
         }
     }
 }
@@ -101,6 +104,7 @@ impl System {
         let js = jetstream::new(client);
         let layout = Layout {
             ack_wait: options.ack_wait,
+            jobs_max_msgs: options.jobs_max_msgs,
             processors: vec![jetjobs_processor_io::spec(), jetjobs_processor_cpu::spec()],
             ..Layout::default()
         };

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod backpressure;
 mod crash;
 mod errors;
 mod idempotency;
