@@ -24,7 +24,9 @@ const SHARD_CHUNK: usize = 128;
 /// How long one pull request stays open on the server. On shutdown the open request is
 /// drained (its events handed back) until it ends, so this also bounds how long that takes.
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
-/// Tries for one job's events in a replay, which has no redelivery to fall back on.
+/// Tries for one job's events before a live shard hands them back (nak), and before a
+/// replay, which has no redelivery to fall back on, counts them as failed.
+const LIVE_TRIES: u32 = 3;
 const REPLAY_TRIES: u32 = 5;
 
 pub struct Projector {
@@ -154,6 +156,11 @@ impl Projector {
     ) {
         let shards = self.start(Mode::Live);
         let mut backoff = Duration::from_millis(100);
+        let mut handed_back = 0_usize;
+        // One pull request at a time. The server shares messages out among a consumer's
+        // open requests in turn, so reading several would reorder a job's events (a
+        // `progress` after its `succeeded` is then skipped, and the live snapshot differs
+        // from a rebuilt one). The shard queues cover the round trip between requests.
         while !shutdown.is_cancelled() {
             let pull = consumer
                 .batch()
@@ -183,6 +190,7 @@ impl Projector {
                 };
                 if shutdown.is_cancelled() {
                     ack(&message, AckKind::Nak(None)).await;
+                    handed_back += 1;
                     continue;
                 }
                 let sender = shards.sender(&message.subject);
@@ -196,7 +204,10 @@ impl Projector {
                             ack(&message, AckKind::Nak(None)).await;
                         }
                     },
-                    () = shutdown.cancelled() => ack(&message, AckKind::Nak(None)).await,
+                    () = shutdown.cancelled() => {
+                        ack(&message, AckKind::Nak(None)).await;
+                        handed_back += 1;
+                    }
                 }
             }
             if failed {
@@ -204,6 +215,12 @@ impl Projector {
             } else {
                 backoff = Duration::from_millis(100);
             }
+        }
+        if handed_back > 0 {
+            tracing::info!(
+                events = handed_back,
+                "Handed back events it will not project."
+            );
         }
         shards.finish().await;
     }
@@ -287,14 +304,16 @@ impl Shard {
         }
     }
 
-    /// Live events that fail come again by redelivery; replayed ones only get these tries.
+    /// A failed write is tried again at once, a few times: a live event handed back comes
+    /// again only after later events of its job were applied, which could hide it (a
+    /// `progress` after `succeeded` is skipped); a replayed one gets no other chance.
     async fn project_with_retries(
         &mut self,
         id: JobId,
         events: &[JobEvent],
     ) -> Result<(), ProjectError> {
         let tries = match self.mode {
-            Mode::Live => 1,
+            Mode::Live => LIVE_TRIES,
             Mode::Replay => REPLAY_TRIES,
         };
         let mut delay = Duration::from_millis(100);
