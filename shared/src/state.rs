@@ -358,6 +358,12 @@ fn advance(current: Option<&JobSnapshot>, event: &JobEvent) -> Result<JobSnapsho
     next.max_attempts = next.max_attempts.max(event.max_attempts);
     next.state = event.change.state();
     next.updated_at = event.at.max(next.updated_at);
+    if next.state != JobState::Running {
+        // Progress describes a run in progress. Dropping it when the run ends also makes
+        // the snapshot the same whether a late progress report came before or after the
+        // end (it is skipped after it), so a rebuild agrees with the live projection.
+        next.progress = None;
+    }
     match &event.change {
         Change::Started => {}
         Change::Progress(progress) => next.progress = Some(*progress),
@@ -370,10 +376,7 @@ fn advance(current: Option<&JobSnapshot>, event: &JobEvent) -> Result<JobSnapsho
             next.error = None;
         }
         Change::Cancelled { reason } => next.error = Some(reason.clone()),
-        Change::Requeued => {
-            next.progress = None;
-            next.result = None;
-        }
+        Change::Requeued => next.result = None,
     }
     Ok(next)
 }
