@@ -264,6 +264,26 @@ impl NatsCluster {
             })
     }
 
+    /// The names of the client connections node `i` serves (`ConnectOptions::name`), as
+    /// its `/connz` reports them, sorted.
+    pub fn connection_names(&self, i: usize) -> Vec<String> {
+        let mut names: Vec<String> = http_get(self.nodes[i].http_port, "/connz?limit=4096")
+            .ok()
+            .filter(|(status, _)| *status == 200)
+            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+            .and_then(|connz| {
+                let connections = connz["connections"].as_array()?.iter();
+                Some(
+                    connections
+                        .filter_map(|c| c["name"].as_str().map(str::to_string))
+                        .collect(),
+                )
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
     pub fn is_running(&self, i: usize) -> bool {
         self.nodes[i].child.is_some()
     }

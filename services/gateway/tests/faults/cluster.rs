@@ -30,7 +30,10 @@ const JOBS_PER_CLIENT: usize = 100;
 const SUBMIT_PACE: Duration = Duration::from_millis(200);
 const KILL_AFTER: Duration = Duration::from_secs(7);
 const RESTART_AFTER_KILL: Duration = Duration::from_secs(8);
-/// Short enough that a job whose ack died with the killed node runs again soon.
+/// For both the processors' and the status projector's consumers. A message the dying
+/// consumer leader had just delivered (or whose ack or nak died with it) comes again only
+/// after `ack_wait`: with the 30 s default a few jobs would show `running` for 30 s after
+/// the failover, long done. Short, so the run measures the failover, not that wait.
 const ACK_WAIT: Duration = Duration::from_secs(5);
 /// A client gives up on a job after this long in errors (the correctness bound below).
 const CLIENT_GIVE_UP: Duration = Duration::from_secs(45);
@@ -41,12 +44,17 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(45);
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_sigkill_the_jobs_leader() {
     let _turn = crate::serial().await;
+    if std::env::var_os("RUST_LOG").is_some() {
+        // The services' own logs, when asked for (they are silent otherwise).
+        jetjobs::telemetry::init("faults");
+    }
     let mut cluster = NatsCluster::start();
     let control = cluster.client().await;
     let js = jetstream::new(control.clone());
     let layout = Layout {
         replicas: 3,
         ack_wait: ACK_WAIT,
+        status_ack_wait: ACK_WAIT,
         processors: vec![jetjobs_processor_io::spec()],
         ..Layout::default()
     };
@@ -74,24 +82,13 @@ async fn cluster_sigkill_the_jobs_leader() {
         watcher_stop.clone(),
     ));
 
-    // Services get every node's URL, as NATS_URL would give it to them. Should the config
-    // not take a list, they get the JOBS leader's URL: every one of their connections then
-    // dies with the kill, and they must fail over to the servers the cluster advertised.
-    let services_url = if accepts_url_list(&cluster.urls()).await {
-        cluster.urls()
-    } else {
-        let leader = leader_of(&js, layout::JOBS_STREAM)
-            .await
-            .expect("the JOBS stream has a leader");
-        let node = cluster
-            .node_named(&leader)
-            .expect("the leader is one of ours");
-        eprintln!(
-            "cluster: NatsArgs does not accept a comma-separated NATS_URL; services connect to {leader} only"
-        );
-        cluster.url(node)
-    };
-    let url_list = services_url.contains(',');
+    // Services get every node's URL, as NATS_URL gives it to them; each connects to one
+    // of them at random and must fail over if that one dies.
+    assert!(
+        accepts_url_list(&cluster.urls()).await,
+        "NATS_URL must take a comma-separated list of servers"
+    );
+    let services_url = cluster.urls();
     let services = Services::start(&services_url).await;
     wait_for_kinds(&js, &["noop", "sleep"]).await;
 
@@ -126,11 +123,13 @@ async fn cluster_sigkill_the_jobs_leader() {
             .await
             .expect("connect to a surviving node"),
     );
+    let mut on_victim = cluster.connection_names(victim);
+    on_victim.retain(|name| name != "test");
     let killed_at = Instant::now();
     cluster.kill(victim);
     eprintln!(
         "cluster: SIGKILLed node {victim} ({jobs_leader}: JOBS leader; meta leader {meta_leader}, \
-         processor-io consumer leader {consumer_leader}) at {:.1}s",
+         processor-io consumer leader {consumer_leader}; connections there: {on_victim:?}) at {:.1}s",
         run_started.elapsed().as_secs_f64()
     );
     let failover = wait_new_leader(&survivor_js, layout::JOBS_STREAM, &jobs_leader).await;
@@ -165,6 +164,7 @@ async fn cluster_sigkill_the_jobs_leader() {
     let accepted: Vec<&Submission> = submissions.iter().filter(|s| s.id.is_some()).collect();
     let ids: HashSet<String> = accepted.iter().filter_map(|s| s.id.clone()).collect();
     let drain_started = Instant::now();
+    let mut reported_slow = false;
     while drain_started.elapsed() < DRAIN_TIMEOUT {
         let done = {
             let checker = checker.lock().expect("checker");
@@ -172,6 +172,20 @@ async fn cluster_sigkill_the_jobs_leader() {
         };
         if done {
             break;
+        }
+        if drain_started.elapsed() > Duration::from_secs(3) && !reported_slow {
+            reported_slow = true;
+            let checker = checker.lock().expect("checker");
+            let pending: Vec<String> = ids
+                .iter()
+                .filter(|id| !checker.is_terminal(id))
+                .map(|id| format!("{id} ({})", checker.state_of(id)))
+                .collect();
+            eprintln!(
+                "cluster: 3 s after the last submission {} jobs are not terminal yet: {:?}",
+                pending.len(),
+                pending.iter().take(10).collect::<Vec<_>>()
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -291,10 +305,11 @@ async fn cluster_sigkill_the_jobs_leader() {
         recovery: Some(window),
         notes: format!(
             "{CLIENTS} clients × {JOBS_PER_CLIENT} noop/sleep jobs with Idempotency-Key, retrying 5xx/connection errors; \
-             services connected {}; the killed node led JOBS{}{}. New JOBS leader after {:.2} s; the restarted node was healthy after {:.2} s. \
+             services connected with all three URLs; on the killed node: {}; the killed node led JOBS{}{}. New JOBS leader after {:.2} s; the restarted node was healthy after {:.2} s. \
              {disrupted} submissions saw errors ({}), the longest for {:.2} s (time to recover); slowest request {:.2} s. \
-             {reruns} jobs ran more than once; {} never accepted.",
-            if url_list { "with all three URLs" } else { "to the JOBS leader only (NATS_URL takes no list)" },
+             {reruns} jobs ran more than once; {} never accepted; every job was done {:.1} s after the last submission \
+             (ack_wait 5 s for processors and status).",
+            if on_victim.is_empty() { "none".to_string() } else { on_victim.join(", ") },
             if meta_leader == jobs_leader { ", the meta group" } else { "" },
             if consumer_leader == jobs_leader { ", the processor-io consumer" } else { "" },
             failover.0.as_secs_f64(),
@@ -303,6 +318,7 @@ async fn cluster_sigkill_the_jobs_leader() {
             window.as_secs_f64(),
             slowest.as_secs_f64(),
             never_accepted.len(),
+            drained_after.as_secs_f64(),
         ),
     });
 
@@ -537,7 +553,10 @@ async fn submit(http: &reqwest::Client, base: &str, key: &str, body: &Value) -> 
                 let problem: Value = response.json().await.unwrap_or(Value::Null);
                 let detail = problem["detail"].as_str().unwrap_or_default();
                 // Keep the kind of failure, not the ids and numbers in it.
-                let short: String = detail.chars().take(70).collect();
+                let mut short: String = detail.chars().take(70).collect();
+                if short.len() < detail.len() {
+                    short.push('…');
+                }
                 first_seen(&format!("{status} {short}"), detail);
                 if !status.is_server_error() {
                     // Not something a retry can fix: a bug, reported as such.
@@ -565,7 +584,7 @@ fn first_seen(kind: &str, detail: &str) {
     static SEEN: std::sync::LazyLock<Mutex<HashSet<String>>> =
         std::sync::LazyLock::new(Mutex::default);
     if SEEN.lock().expect("seen").insert(kind.to_string()) {
-        eprintln!("cluster: first {kind}…: {detail}");
+        eprintln!("cluster: first {kind}: {detail}");
     }
 }
 
@@ -778,6 +797,13 @@ impl Monotonic {
             }
         }
         self.last.insert(key.to_string(), next);
+    }
+
+    fn state_of(&self, key: &str) -> String {
+        self.last.get(key).map_or_else(
+            || "no snapshot".to_string(),
+            |seen| format!("{}#{}", seen.state, seen.attempt),
+        )
     }
 
     fn is_terminal(&self, key: &str) -> bool {
