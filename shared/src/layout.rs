@@ -89,7 +89,9 @@ impl Default for Layout {
             status_history: 5,
             ack_wait: Duration::from_secs(30),
             max_ack_pending: 10_000,
-            status_ack_wait: Duration::from_secs(30),
+            // Projecting an event takes milliseconds; what this bounds is how long an
+            // event delivered by a consumer leader that then died waits to come back.
+            status_ack_wait: Duration::from_secs(10),
             status_max_ack_pending: 20_000,
             processors: Vec::new(),
         }
@@ -543,6 +545,7 @@ async fn ensure_consumer(
                 || existing.ack_wait != wanted.ack_wait
                 || existing.max_deliver != wanted.max_deliver
                 || existing.max_ack_pending != wanted.max_ack_pending
+                || existing.num_replicas != wanted.num_replicas
                 || existing.description != wanted.description
                 || !metadata_contains(&existing.metadata, &wanted.metadata);
             if changed {

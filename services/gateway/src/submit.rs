@@ -409,7 +409,10 @@ async fn write_first_snapshot(state: &AppState, request: &JobRequest) -> Result<
         .into();
     let key = request.id.to_string();
     let mut last_error = None;
-    for delay_ms in [0, 50, 200, 500] {
+    // Long enough to ride out a KV leader election in a cluster (a few seconds): the job
+    // is queued already, and a client without an Idempotency-Key that retried our 503
+    // would make a second job.
+    for delay_ms in [0, 50, 200, 500, 1_000, 2_000, 3_000, 3_000] {
         tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
         match state.status.create(&key, bytes.clone()).await {
             Ok(_) => return Ok(bytes),
