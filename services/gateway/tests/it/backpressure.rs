@@ -39,7 +39,11 @@ async fn a_full_queue_answers_503_with_retry_after_and_accepts_again_once_draine
     let problem = assert_problem(response, StatusCode::SERVICE_UNAVAILABLE).await;
     assert!(retry_after.is_some_and(|s| s > 0), "Retry-After in seconds");
     assert_eq!(problem["queue"], "full", "{problem}");
-    assert_eq!(system.stream_messages("JOBS").await, 4, "nothing was dropped or added");
+    assert_eq!(
+        system.stream_messages("JOBS").await,
+        4,
+        "nothing was dropped or added"
+    );
     assert_eq!(
         system.bucket_last_seq("job_status").await,
         statuses_before,
