@@ -43,13 +43,29 @@ pub async fn register(
     kinds: &async_nats::jetstream::kv::Store,
     info: &KindInfo,
 ) -> Result<(), RegistryError> {
-    let value = serde_json::to_vec(info).map_err(|e| RegistryError::Nats(e.into()))?;
-    kinds
-        .put(info.kind.as_str(), value.into())
-        .await
-        .map_err(|e| RegistryError::Nats(e.into()))?;
-    Ok(())
+    let value: bytes::Bytes = serde_json::to_vec(info)
+        .map_err(|e| RegistryError::Nats(e.into()))?
+        .into();
+    // A processor starting while its cluster elects the bucket's leader (right after
+    // provisioning, or during a failover) would otherwise exit; the put is idempotent.
+    let mut delay = std::time::Duration::from_millis(100);
+    let mut tries = 0;
+    loop {
+        match kinds.put(info.kind.as_str(), value.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(e) if tries < REGISTER_TRIES => {
+                tries += 1;
+                tracing::warn!(kind = %info.kind, error = %e, "Cannot register the kind yet; retrying.");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(3));
+            }
+            Err(e) => return Err(RegistryError::Nats(e.into())),
+        }
+    }
 }
+
+/// Tries of a kind registration before a processor gives up (about 20 s in all).
+const REGISTER_TRIES: u32 = 10;
 
 /// Reads one kind's entry, if registered.
 pub async fn lookup(

@@ -402,6 +402,9 @@ fn publish_error(e: jetstream::context::PublishError) -> PublishFailure {
     }
 }
 
+/// How long the gateway keeps trying to write a queued job's first snapshot.
+const FIRST_SNAPSHOT_BUDGET: std::time::Duration = std::time::Duration::from_secs(8);
+
 async fn write_first_snapshot(state: &AppState, request: &JobRequest) -> Result<Bytes, ApiError> {
     let snapshot = JobSnapshot::queued(request);
     let bytes: Bytes = serde_json::to_vec(&snapshot)
@@ -411,18 +414,30 @@ async fn write_first_snapshot(state: &AppState, request: &JobRequest) -> Result<
     let mut last_error = None;
     // Long enough to ride out a KV leader election in a cluster (a few seconds): the job
     // is queued already, and a client without an Idempotency-Key that retried our 503
-    // would make a second job.
-    for delay_ms in [0, 50, 200, 500, 1_000, 2_000, 3_000, 3_000] {
-        tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
-        match state.status.create(&key, bytes.clone()).await {
-            Ok(_) => return Ok(bytes),
+    // would make a second job. Bounded in time, not tries: a server that does not answer
+    // at all (a full disk) must not hold the client for many request timeouts.
+    let deadline = tokio::time::Instant::now() + FIRST_SNAPSHOT_BUDGET;
+    let mut delay = std::time::Duration::ZERO;
+    loop {
+        tokio::time::sleep(delay).await;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, state.status.create(&key, bytes.clone())).await {
+            Ok(Ok(_)) => return Ok(bytes),
             // The status service got there first: its snapshot is newer than ours.
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+            Ok(Err(e)) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
                 if let Some(current) = read_snapshot(state, request.id).await? {
                     return Ok(current);
                 }
             }
-            Err(e) => last_error = Some(e.to_string()),
+            Ok(Err(e)) => last_error = Some(e.to_string()),
+            Err(_) => last_error = Some("no answer in time".to_string()),
+        }
+        delay = (delay * 2).clamp(
+            std::time::Duration::from_millis(50),
+            std::time::Duration::from_secs(2),
+        );
+        if tokio::time::Instant::now() + delay >= deadline {
+            break;
         }
     }
     // The job is queued and will run; only its first snapshot is missing, and the status
