@@ -32,7 +32,15 @@ stop() {
 }
 trap stop INT TERM EXIT
 
-"$NATS_SERVER_BIN" -js -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MONITOR_PORT" \
+# NATS_SYNC_INTERVAL ("always", or a duration such as "1s") sets when JetStream fsyncs;
+# nats-server has no flag for it, hence the config file. Unset, nats-server's default
+# applies (every 2 minutes), unlike deploy/nats/nats.conf: see docs/durability.md.
+nats_conf=()
+if [ -n "${NATS_SYNC_INTERVAL:-}" ]; then
+  printf 'jetstream {\n  sync_interval: "%s"\n}\n' "$NATS_SYNC_INTERVAL" >"$RUN_DIR/nats.conf"
+  nats_conf=(-c "$RUN_DIR/nats.conf")
+fi
+"$NATS_SERVER_BIN" "${nats_conf[@]}" -js -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MONITOR_PORT" \
   --store_dir "$RUN_DIR/nats" -n jetjobs-local >"$RUN_DIR/logs/nats.log" 2>&1 &
 pids+=($!)
 nats_ready=no
