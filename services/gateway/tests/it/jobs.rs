@@ -32,8 +32,14 @@ async fn a_submitted_job_is_accepted_at_once_and_succeeds_with_its_result() {
     assert_eq!(location, format!("/v1/jobs/{id}"));
     let uuid = uuid::Uuid::parse_str(&id).expect("a UUID");
     assert_eq!(uuid.get_version_num(), 7, "server-made ids are UUIDv7");
-    assert_eq!(accepted["state"], "queued");
-    assert_eq!(accepted["attempt"], 0);
+    // The 202 carries the job's current snapshot: `queued`, or already `running` when the
+    // status service projected its start before the gateway's first write (a loaded
+    // machine, a fast processor).
+    match accepted["state"].as_str() {
+        Some("queued") => assert_eq!(accepted["attempt"], 0, "{accepted}"),
+        Some("running") => assert_eq!(accepted["attempt"], 1, "{accepted}"),
+        _ => panic!("a fresh 200 ms job is queued or running: {accepted}"),
+    }
     assert_eq!(accepted["max_attempts"], 3);
     for field in ["progress", "result", "error"] {
         assert!(accepted[field].is_null(), "{field} starts null");
