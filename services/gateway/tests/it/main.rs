@@ -13,3 +13,7 @@ mod projection;
 mod read_your_writes;
 mod rebuild;
 mod saturation;
+mod sse;
+mod sse_client;
+mod wait;
+mod ws;
