@@ -233,14 +233,17 @@ async fn run(
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
     let mut alive = true;
+    let going_away = || CloseFrame {
+        code: close_code::AWAY,
+        reason: Utf8Bytes::from_static("the gateway is shutting down"),
+    };
     loop {
+        // Checked first: shutdown also ends the hub, which must not read as a lost watch.
+        if state.push.shutdown.is_cancelled() {
+            return Some(going_away());
+        }
         tokio::select! {
-            () = state.push.shutdown.cancelled() => {
-                return Some(CloseFrame {
-                    code: close_code::AWAY,
-                    reason: Utf8Bytes::from_static("the gateway is shutting down"),
-                });
-            }
+            () = state.push.shutdown.cancelled() => return Some(going_away()),
             permit = out.reserve(), if conn.has_output() => {
                 let Ok(permit) = permit else { return None };
                 if let Some(message) = conn.next_message() {
@@ -271,6 +274,7 @@ async fn run(
             event = subscription.recv() => match event {
                 Ok(watch::Event::Change(change)) => conn.enqueue(change),
                 Ok(watch::Event::Lagged) => reread(state, conn).await,
+                Err(_) if state.push.shutdown.is_cancelled() => return Some(going_away()),
                 Err(e) => {
                     return Some(CloseFrame {
                         code: close_code::AGAIN,

@@ -10,6 +10,7 @@ mod idempotency;
 mod jobs;
 mod lifecycle;
 mod projection;
+mod push_limits;
 mod read_your_writes;
 mod rebuild;
 mod saturation;
