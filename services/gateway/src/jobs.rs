@@ -110,17 +110,25 @@ async fn respond(
         return accepted(pending, job);
     };
     let key = job.id.to_string();
-    let current = waiting::read(&state.status, &key).await?;
-    let last = waiting::until(
-        &state.push,
-        &state.status,
-        &mut waiter.subscription,
-        &key,
-        current,
-        waiter.deadline,
-        Change::is_terminal,
-    )
-    .await?;
+    // The job is accepted: from here on, trouble only shortens the wait.
+    let last = match waiting::read(&state.status, &key).await {
+        Ok(current) => {
+            waiting::until(
+                &state.push,
+                &state.status,
+                &mut waiter.subscription,
+                &key,
+                current,
+                waiter.deadline,
+                Change::is_terminal,
+            )
+            .await
+        }
+        Err(e) => {
+            tracing::warn!(detail = %e.detail, "Cannot wait for a job; answering at once.");
+            None
+        }
+    };
     let (status, snapshot) = match last {
         Some(change) if change.is_terminal() => (StatusCode::OK, change.value.clone()),
         Some(change) => (pending, change.value.clone()),
@@ -182,7 +190,7 @@ pub async fn get(
                 deadline,
                 |change| !tags.matches(change.revision),
             )
-            .await?;
+            .await;
             match last {
                 Some(change) if tags.matches(change.revision) => {
                     return Ok(not_modified(change.revision));
@@ -200,7 +208,7 @@ pub async fn get(
                 deadline,
                 Change::is_terminal,
             )
-            .await?
+            .await
         }
     };
     last.map(|change| snapshot_response(&change))

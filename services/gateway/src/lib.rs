@@ -65,7 +65,7 @@ pub struct Config {
     #[arg(long, env = "JETJOBS_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
     /// Longest wait a client may ask for with `Prefer: wait=N` or `GET ...?wait=N`
-    /// (seconds); must be below the request timeout.
+    /// (seconds); clamped below the request timeout.
     #[arg(long, env = "JETJOBS_MAX_WAIT_SECS", default_value_t = 20)]
     pub max_wait_secs: u64,
     /// Seconds between keep-alive comments on an idle SSE stream.
@@ -167,13 +167,19 @@ pub async fn run(
     listener: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    // A wait must end before the request timeout would cut it off with a 503.
-    anyhow::ensure!(
-        config.max_wait_secs < config.request_timeout_secs,
-        "JETJOBS_MAX_WAIT_SECS ({}) must be below JETJOBS_REQUEST_TIMEOUT_SECS ({})",
-        config.max_wait_secs,
-        config.request_timeout_secs
-    );
+    // A wait must end before the request timeout would cut it off with a 503: clamped
+    // (not refused), so lowering the request timeout alone never stops a gateway starting.
+    let max_wait_secs = config
+        .max_wait_secs
+        .min(config.request_timeout_secs.saturating_sub(1));
+    if max_wait_secs < config.max_wait_secs {
+        tracing::warn!(
+            configured = config.max_wait_secs,
+            applied = max_wait_secs,
+            request_timeout = config.request_timeout_secs,
+            "JETJOBS_MAX_WAIT_SECS must be below JETJOBS_REQUEST_TIMEOUT_SECS; clamped."
+        );
+    }
     let client = config.nats.connect(NAME).await?;
     let js = jetstream::new(client.clone());
     layout::require(&js, &health::requirements()).await?;
@@ -189,7 +195,7 @@ pub async fn run(
     let push = waiting::Push {
         hub: watch::Hub::new(status.clone(), shutdown.clone()),
         shutdown: shutdown.clone(),
-        max_wait: Duration::from_secs(config.max_wait_secs),
+        max_wait: Duration::from_secs(max_wait_secs),
         sse_keepalive: Duration::from_secs(config.sse_keepalive_secs),
         event_streams: std::sync::Arc::new(tokio::sync::Semaphore::new(config.max_event_streams)),
     };

@@ -45,7 +45,9 @@ pub async fn read(status: &kv::Store, key: &str) -> Result<Option<Arc<Change>>, 
 
 /// Waits until `key`'s snapshot satisfies `done`, the deadline passes, or the gateway shuts
 /// down, and returns the newest snapshot seen. `current` is the snapshot read after
-/// `subscription` was made, so no change between the two is missed.
+/// `subscription` was made, so no change between the two is missed. Never fails: waiting
+/// is a courtesy, and trouble ends it with what is known (a submission that fails here
+/// would invite a retry that makes a second job).
 pub async fn until(
     push: &Push,
     status: &kv::Store,
@@ -54,7 +56,7 @@ pub async fn until(
     mut current: Option<Arc<Change>>,
     deadline: Instant,
     done: impl Fn(&Change) -> bool,
-) -> Result<Option<Arc<Change>>, ApiError> {
+) -> Option<Arc<Change>> {
     let newer = |candidate: &Change, current: &Option<Arc<Change>>| {
         current
             .as_ref()
@@ -62,11 +64,11 @@ pub async fn until(
     };
     loop {
         if current.as_deref().is_some_and(&done) {
-            return Ok(current);
+            return current;
         }
         let event = tokio::select! {
-            () = tokio::time::sleep_until(deadline) => return Ok(current),
-            () = push.shutdown.cancelled() => return Ok(current),
+            () = tokio::time::sleep_until(deadline) => return current,
+            () = push.shutdown.cancelled() => return current,
             event = subscription.recv() => event,
         };
         match event {
@@ -75,17 +77,17 @@ pub async fn until(
                     current = Some(change);
                 }
             }
-            Ok(Event::Lagged) => {
-                if let Some(change) = read(status, key).await?
-                    && newer(&change, &current)
-                {
-                    current = Some(change);
+            Ok(Event::Lagged) => match read(status, key).await {
+                Ok(Some(change)) if newer(&change, &current) => current = Some(change),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(detail = %e.detail, "Stopped waiting for a job: cannot re-read it.");
+                    return current;
                 }
-            }
+            },
             Err(e) => {
-                // Waiting is a courtesy: answer with what is known rather than fail.
                 tracing::warn!(error = %e, "Stopped waiting for a job: no watch.");
-                return Ok(current);
+                return current;
             }
         }
     }
