@@ -448,3 +448,93 @@ async fn subscribe_to(state: &AppState, conn: &mut Conn, jobs: Vec<String>, kind
         conn.enqueue(change);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::extract::ws::Message;
+    use bytes::Bytes;
+    use jetjobs::JobState;
+
+    use super::{Conn, MAX_KIND_PENDING};
+    use crate::watch::Change;
+
+    fn change(key: &str, revision: u64, state: JobState) -> Arc<Change> {
+        Arc::new(Change {
+            key: key.to_string(),
+            revision,
+            value: Bytes::from(format!(
+                r#"{{"id":"{key}","kind":"noop","state":"{}"}}"#,
+                state.as_str()
+            )),
+            state: Some(state),
+            kind: Some("noop".to_string()),
+        })
+    }
+
+    fn drain(conn: &mut Conn) -> Vec<serde_json::Value> {
+        std::iter::from_fn(|| conn.next_message())
+            .map(|message| match message {
+                Message::Text(text) => serde_json::from_str(text.as_str()).expect("JSON"),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_slow_client_gets_each_jobs_newest_snapshot_once() {
+        let mut conn = Conn::default();
+        conn.jobs.insert("a".into());
+        conn.jobs.insert("b".into());
+        conn.enqueue(change("a", 1, JobState::Queued));
+        conn.enqueue(change("b", 2, JobState::Queued));
+        conn.enqueue(change("a", 3, JobState::Running));
+        conn.enqueue(change("a", 4, JobState::Succeeded));
+        conn.enqueue(change("other", 5, JobState::Queued));
+        let sent = drain(&mut conn);
+        let seen: Vec<(String, u64)> = sent
+            .iter()
+            .map(|m| {
+                (
+                    m["job"]["id"].as_str().expect("id").to_string(),
+                    m["revision"].as_u64().expect("revision"),
+                )
+            })
+            .collect();
+        assert_eq!(seen, [("a".to_string(), 4), ("b".to_string(), 2)]);
+        assert_eq!(sent[0]["job"]["state"], "succeeded");
+        // A re-read of an older revision after a lag is not sent again.
+        conn.enqueue(change("a", 4, JobState::Succeeded));
+        conn.enqueue(change("b", 2, JobState::Queued));
+        assert!(drain(&mut conn).is_empty());
+    }
+
+    #[test]
+    fn kind_updates_beyond_the_cap_are_dropped_and_reported_once() {
+        let mut conn = Conn::default();
+        conn.kinds.insert("noop".into());
+        conn.jobs.insert("mine".into());
+        let total = MAX_KIND_PENDING as u64 + 10;
+        for revision in 1..=total {
+            conn.enqueue(change(
+                &format!("job-{revision}"),
+                revision,
+                JobState::Queued,
+            ));
+        }
+        // Jobs subscribed by id are never dropped.
+        conn.enqueue(change("mine", total + 1, JobState::Succeeded));
+        let sent = drain(&mut conn);
+        let errors: Vec<_> = sent.iter().filter(|m| m["type"] == "error").collect();
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0]["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("lagged"))
+        );
+        let snapshots = sent.iter().filter(|m| m["type"] == "snapshot").count();
+        assert_eq!(snapshots, MAX_KIND_PENDING + 1);
+        assert!(sent.iter().any(|m| m["job"]["id"] == "mine"));
+    }
+}
