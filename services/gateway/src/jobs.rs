@@ -1,15 +1,21 @@
 //! `/v1/jobs` routes.
 
-use axum::extract::{Path, State};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use jetjobs::JobId;
+use tokio::time::Instant;
 
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::ApiJson;
 use crate::submit::{self, Accepted, Identity, SubmitBody};
+use crate::waiting;
+use crate::watch::{Change, Subscription};
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
@@ -17,6 +23,8 @@ const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
 /// `POST /v1/jobs`: a new job, or with `Idempotency-Key` the job that key already made.
+/// With `Prefer: wait=N`, a job that ends within N seconds is answered `200` with its
+/// final snapshot.
 pub async fn create(
     State(state): State<AppState>,
     request_headers: HeaderMap,
@@ -31,17 +39,17 @@ pub async fn create(
         None => Identity::Fresh,
         Some(value) => Identity::IdempotencyKey(idempotency_key(value)?),
     };
+    let waiter = Waiter::start(&state, &request_headers).await;
+    let job = submit::submit(&state, identity, body).await?;
     // A replayed POST answers like the original did (202), as the IETF draft suggests.
-    accepted(
-        StatusCode::ACCEPTED,
-        submit::submit(&state, identity, body).await?,
-    )
+    respond(&state, StatusCode::ACCEPTED, job, waiter).await
 }
 
 /// `PUT /v1/jobs/{id}`: the client chooses the id; repeating the same PUT is harmless.
 pub async fn put(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    request_headers: HeaderMap,
     ApiJson(body): ApiJson<SubmitBody>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
@@ -52,6 +60,7 @@ pub async fn put(
             "the body's id {body_id} differs from the path's id {id}"
         )));
     }
+    let waiter = Waiter::start(&state, &request_headers).await;
     let job = submit::submit(&state, Identity::ClientId(id), body).await?;
     // An identical repeat of a PUT changes nothing: 200 with the current snapshot.
     let status = if job.replayed {
@@ -59,19 +68,225 @@ pub async fn put(
     } else {
         StatusCode::ACCEPTED
     };
-    accepted(status, job)
+    respond(&state, status, job, waiter).await
 }
 
-/// `GET /v1/jobs/{id}`: the job's snapshot.
+/// A `Prefer: wait` being honoured: subscribed before the job is submitted, so even a job
+/// that ends before the submission returns is seen ending.
+struct Waiter {
+    applied: Duration,
+    deadline: Instant,
+    subscription: Subscription,
+}
+
+impl Waiter {
+    async fn start(state: &AppState, headers: &HeaderMap) -> Option<Self> {
+        let secs = waiting::prefer_wait(headers).filter(|&secs| secs > 0)?;
+        let applied = state.push.clamp(secs);
+        match state.push.hub.subscribe().await {
+            Ok(subscription) => Some(Self {
+                applied,
+                deadline: Instant::now() + applied,
+                subscription,
+            }),
+            Err(e) => {
+                // The preference is optional: without a watch, answer at once.
+                tracing::warn!(error = %e, "Cannot honour Prefer: wait.");
+                None
+            }
+        }
+    }
+}
+
+/// The answer to a submission: at once, or, with a [`Waiter`], `200` once the job ended or
+/// `pending` with its newest snapshot when the wait ran out.
+async fn respond(
+    state: &AppState,
+    pending: StatusCode,
+    job: Accepted,
+    waiter: Option<Waiter>,
+) -> Result<Response, ApiError> {
+    let Some(mut waiter) = waiter else {
+        return accepted(pending, job);
+    };
+    let key = job.id.to_string();
+    // The job is accepted: from here on, trouble only shortens the wait.
+    let last = match waiting::read(&state.status, &key).await {
+        Ok(current) => {
+            waiting::until(
+                &state.push,
+                &state.status,
+                &mut waiter.subscription,
+                &key,
+                current,
+                waiter.deadline,
+                Change::is_terminal,
+            )
+            .await
+        }
+        Err(e) => {
+            tracing::warn!(detail = %e.detail, "Cannot wait for a job; answering at once.");
+            None
+        }
+    };
+    let (status, snapshot) = match last {
+        Some(change) if change.is_terminal() => (StatusCode::OK, change.value.clone()),
+        Some(change) => (pending, change.value.clone()),
+        None => (pending, job.snapshot),
+    };
+    let mut response = accepted_response(status, job.id, snapshot, job.replayed)?;
+    let applied = HeaderValue::try_from(format!("wait={}", waiter.applied.as_secs()))
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    response.headers_mut().insert("preference-applied", applied);
+    Ok(response)
+}
+
+/// `GET /v1/jobs/{id}`: the job's snapshot, with `ETag: "<revision>"`.
+///
+/// - `If-None-Match` with the current revision: `304`.
+/// - `?wait=N` (long-poll): answers once the job is terminal, or after N seconds with the
+///   current snapshot; with `If-None-Match`, once the revision differs, or `304` after N s.
 pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+    request_headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    match submit::read_snapshot(&state, id).await? {
-        Some(snapshot) => Ok(json_response(StatusCode::OK, snapshot)),
-        None => Err(ApiError::not_found(format!("there is no job {id}"))),
+    let wait = wait_param(query.as_deref())?
+        .filter(|&secs| secs > 0)
+        .map(|secs| state.push.clamp(secs));
+    // Subscribed before the read, so no change after the read can be missed.
+    let mut subscription = match wait {
+        Some(_) => match state.push.hub.subscribe().await {
+            Ok(subscription) => Some(subscription),
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot long-poll; answering at once.");
+                None
+            }
+        },
+        None => None,
+    };
+    let key = id.to_string();
+    let current = waiting::read(&state.status, &key)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("there is no job {id}")))?;
+    let tags = if_none_match(&request_headers);
+    let (Some(wait), Some(subscription)) = (wait, subscription.as_mut()) else {
+        return Ok(match tags {
+            Some(tags) if tags.matches(current.revision) => not_modified(current.revision),
+            _ => snapshot_response(&current),
+        });
+    };
+    let deadline = Instant::now() + wait;
+    let last = match &tags {
+        Some(tags) => {
+            let last = waiting::until(
+                &state.push,
+                &state.status,
+                subscription,
+                &key,
+                Some(current),
+                deadline,
+                |change| !tags.matches(change.revision),
+            )
+            .await;
+            match last {
+                Some(change) if tags.matches(change.revision) => {
+                    return Ok(not_modified(change.revision));
+                }
+                other => other,
+            }
+        }
+        None => {
+            waiting::until(
+                &state.push,
+                &state.status,
+                subscription,
+                &key,
+                Some(current),
+                deadline,
+                Change::is_terminal,
+            )
+            .await
+        }
+    };
+    last.map(|change| snapshot_response(&change))
+        .ok_or_else(|| ApiError::not_found(format!("there is no job {id}")))
+}
+
+/// `?wait=N` (whole seconds). Unlike a `Prefer` hint, a query parameter is part of the
+/// request, so a malformed one is a `400`.
+fn wait_param(query: Option<&str>) -> Result<Option<u64>, ApiError> {
+    let Some(query) = query else { return Ok(None) };
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
+        .map_err(|e| ApiError::bad_request(format!("malformed query string: {e}")))?;
+    let mut wait = None;
+    for (name, value) in pairs {
+        if name == "wait" {
+            wait = Some(value.parse::<u64>().map_err(|_| {
+                ApiError::bad_request(format!(
+                    "wait must be a whole number of seconds, got {value:?}"
+                ))
+            })?);
+        }
     }
+    Ok(wait)
+}
+
+/// The entity tags of `If-None-Match` (weak or strong: compared weakly, RFC 9110).
+struct EntityTags {
+    any: bool,
+    tags: Vec<String>,
+}
+
+impl EntityTags {
+    fn matches(&self, revision: u64) -> bool {
+        self.any || self.tags.iter().any(|tag| *tag == etag(revision))
+    }
+}
+
+fn if_none_match(headers: &HeaderMap) -> Option<EntityTags> {
+    let mut found = false;
+    let mut tags = EntityTags {
+        any: false,
+        tags: Vec::new(),
+    };
+    for value in headers.get_all(header::IF_NONE_MATCH) {
+        found = true;
+        let Ok(value) = value.to_str() else { continue };
+        for tag in value.split(',').map(str::trim) {
+            if tag == "*" {
+                tags.any = true;
+            } else {
+                tags.tags
+                    .push(tag.strip_prefix("W/").unwrap_or(tag).to_string());
+            }
+        }
+    }
+    found.then_some(tags)
+}
+
+fn etag(revision: u64) -> String {
+    format!("\"{revision}\"")
+}
+
+fn with_etag(mut response: Response, revision: u64) -> Response {
+    if let Ok(value) = HeaderValue::try_from(etag(revision)) {
+        response.headers_mut().insert(header::ETAG, value);
+    }
+    response
+}
+
+fn snapshot_response(change: &Arc<Change>) -> Response {
+    with_etag(
+        json_response(StatusCode::OK, change.value.clone()),
+        change.revision,
+    )
+}
+
+fn not_modified(revision: u64) -> Response {
+    with_etag(StatusCode::NOT_MODIFIED.into_response(), revision)
 }
 
 pub fn parse_id(raw: &str) -> Result<JobId, ApiError> {

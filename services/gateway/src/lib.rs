@@ -12,7 +12,11 @@ mod jobs;
 mod kinds;
 mod nats_guard;
 pub mod serve;
+mod sse;
 mod submit;
+mod waiting;
+mod watch;
+mod ws;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -60,6 +64,18 @@ pub struct Config {
     /// On shutdown, how long in-flight requests may take to finish.
     #[arg(long, env = "JETJOBS_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
+    /// Longest wait a client may ask for with `Prefer: wait=N` or `GET ...?wait=N`
+    /// (seconds); clamped below the request timeout.
+    #[arg(long, env = "JETJOBS_MAX_WAIT_SECS", default_value_t = 20)]
+    pub max_wait_secs: u64,
+    /// Seconds between keep-alive comments on an idle SSE stream.
+    #[arg(long, env = "JETJOBS_SSE_KEEPALIVE_SECS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub sse_keepalive_secs: u64,
+    /// `GET /v1/events` streams open at once at most (each holds a KV consumer); beyond
+    /// it, `503`.
+    #[arg(long, env = "JETJOBS_MAX_EVENT_STREAMS", default_value_t = 256)]
+    pub max_event_streams: usize,
 }
 
 impl Config {
@@ -72,6 +88,9 @@ impl Config {
             request_timeout_secs: 30,
             max_connections: 1024,
             shutdown_grace_secs: 2,
+            max_wait_secs: 20,
+            sse_keepalive_secs: 15,
+            max_event_streams: 256,
         }
     }
 
@@ -95,6 +114,8 @@ pub struct AppState {
     events: jetstream::stream::Stream,
     /// `JOBS_DEAD`, read to retry a failed job.
     dead: jetstream::stream::Stream,
+    /// Waiting and streaming: the `job_status` watch hub and its limits.
+    push: waiting::Push,
 }
 
 pub fn router(state: AppState, config: &Config) -> Router {
@@ -112,7 +133,10 @@ pub fn router(state: AppState, config: &Config) -> Router {
         ));
     // Long-lived routes (long-poll, SSE, WebSocket) go here, outside the request timeout;
     // they should end by themselves on shutdown (the grace period cuts them otherwise).
-    let streaming: Router<AppState> = Router::new();
+    let streaming: Router<AppState> = Router::new()
+        .route("/v1/jobs/{id}/events", get(sse::job_events))
+        .route("/v1/events", get(sse::all_events))
+        .route("/v1/ws", get(ws::upgrade));
     // `route_layer`: an unknown /v1 path is still a 404, whatever the connection.
     let v1 = timed
         .merge(streaming)
@@ -143,6 +167,19 @@ pub async fn run(
     listener: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // A wait must end before the request timeout would cut it off with a 503: clamped
+    // (not refused), so lowering the request timeout alone never stops a gateway starting.
+    let max_wait_secs = config
+        .max_wait_secs
+        .min(config.request_timeout_secs.saturating_sub(1));
+    if max_wait_secs < config.max_wait_secs {
+        tracing::warn!(
+            configured = config.max_wait_secs,
+            applied = max_wait_secs,
+            request_timeout = config.request_timeout_secs,
+            "JETJOBS_MAX_WAIT_SECS must be below JETJOBS_REQUEST_TIMEOUT_SECS; clamped."
+        );
+    }
     let client = config.nats.connect(NAME).await?;
     let js = jetstream::new(client.clone());
     layout::require(&js, &health::requirements()).await?;
@@ -154,8 +191,16 @@ pub async fn run(
                 .with_context(|| format!("opening KV {bucket}"))
         }
     };
+    let status = open(layout::STATUS_BUCKET).await?;
+    let push = waiting::Push {
+        hub: watch::Hub::new(status.clone(), shutdown.clone()),
+        shutdown: shutdown.clone(),
+        max_wait: Duration::from_secs(max_wait_secs),
+        sse_keepalive: Duration::from_secs(config.sse_keepalive_secs),
+        event_streams: std::sync::Arc::new(tokio::sync::Semaphore::new(config.max_event_streams)),
+    };
     let state = AppState {
-        status: open(layout::STATUS_BUCKET).await?,
+        status,
         claims: open(layout::IDEMPOTENCY_BUCKET).await?,
         kinds: kinds::KindCache::start(open(layout::KINDS_BUCKET).await?, shutdown.clone()),
         events: js
@@ -168,6 +213,7 @@ pub async fn run(
             .context("opening stream JOBS_DEAD")?,
         client: client.clone(),
         js,
+        push,
     };
     let app = router(state, &config);
     let listener = match listener {
