@@ -13,6 +13,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt as _;
 use futures::future::BoxFuture;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -122,11 +123,19 @@ pub struct ConsumerLabel {
 #[derive(Clone, Debug)]
 pub struct ConsumerGauges {
     js: jetstream::Context,
-    consumers: Arc<Vec<(String, String)>>,
+    watched: Arc<Watched>,
     pending: Family<ConsumerLabel, Gauge>,
     ack_pending: Family<ConsumerLabel, Gauge>,
     redelivered: Family<ConsumerLabel, Gauge>,
     up: Family<ConsumerLabel, Gauge>,
+}
+
+#[derive(Debug)]
+enum Watched {
+    /// These `(stream, consumer)` pairs: a service's own consumer.
+    Consumers(Vec<(String, String)>),
+    /// Every consumer of these streams, whoever made it: the gateway's overview.
+    Streams(Vec<String>),
 }
 
 /// A scrape must not hang on a slow server; stale gauges say so through `..._up`.
@@ -139,9 +148,23 @@ impl ConsumerGauges {
         js: jetstream::Context,
         consumers: Vec<(String, String)>,
     ) -> Self {
+        Self::with(registry, js, Watched::Consumers(consumers))
+    }
+
+    /// Gauges for every consumer of `streams`, listed again at each scrape (processors
+    /// come and go; a consumer that disappears is dropped from the output).
+    pub fn register_streams(
+        registry: &mut Registry,
+        js: jetstream::Context,
+        streams: Vec<String>,
+    ) -> Self {
+        Self::with(registry, js, Watched::Streams(streams))
+    }
+
+    fn with(registry: &mut Registry, js: jetstream::Context, watched: Watched) -> Self {
         let gauges = Self {
             js,
-            consumers: Arc::new(consumers),
+            watched: Arc::new(watched),
             pending: Family::default(),
             ack_pending: Family::default(),
             redelivered: Family::default(),
@@ -164,46 +187,85 @@ impl ConsumerGauges {
         );
         registry.register(
             "jetjobs_consumer_info_up",
-            "1 if the consumer's info could be read at the last scrape, else 0",
+            "1 if the consumer's info (or, with consumer=\"\", the stream's consumer list) could be read at the last scrape, else 0",
             gauges.up.clone(),
         );
         gauges
     }
 
-    /// Reads every consumer's info and updates the gauges.
+    /// Reads the consumers' info and updates the gauges.
     pub async fn refresh(&self) {
-        let reads = self.consumers.iter().map(|(stream, consumer)| async move {
-            let label = ConsumerLabel {
-                stream: stream.clone(),
-                consumer: consumer.clone(),
-            };
-            let info = tokio::time::timeout(CONSUMER_INFO_TIMEOUT, async {
-                let stream = self.js.get_stream(stream).await.ok()?;
-                let mut consumer: jetstream::consumer::PullConsumer =
-                    stream.get_consumer(consumer).await.ok()?;
-                consumer.info().await.ok().cloned()
-            })
-            .await
-            .ok()
-            .flatten();
-            match info {
-                Some(info) => {
-                    let set = |family: &Family<ConsumerLabel, Gauge>, value: u64| {
-                        family
-                            .get_or_create(&label)
-                            .set(i64::try_from(value).unwrap_or(i64::MAX));
+        match &*self.watched {
+            Watched::Consumers(pairs) => {
+                let reads = pairs.iter().map(|(stream, consumer)| async move {
+                    let label = ConsumerLabel {
+                        stream: stream.clone(),
+                        consumer: consumer.clone(),
                     };
-                    set(&self.pending, info.num_pending);
-                    set(&self.ack_pending, info.num_ack_pending as u64);
-                    set(&self.redelivered, info.num_redelivered as u64);
-                    self.up.get_or_create(&label).set(1);
-                }
-                None => {
-                    self.up.get_or_create(&label).set(0);
-                }
+                    let info = tokio::time::timeout(CONSUMER_INFO_TIMEOUT, async {
+                        let stream = self.js.get_stream(stream).await.ok()?;
+                        let mut consumer: jetstream::consumer::PullConsumer =
+                            stream.get_consumer(consumer).await.ok()?;
+                        consumer.info().await.ok().cloned()
+                    })
+                    .await
+                    .ok()
+                    .flatten();
+                    self.set(&label, info.as_ref());
+                });
+                futures::future::join_all(reads).await;
             }
-        });
-        futures::future::join_all(reads).await;
+            Watched::Streams(streams) => {
+                for family in [&self.pending, &self.ack_pending, &self.redelivered] {
+                    family.clear();
+                }
+                let reads = streams.iter().map(|name| async move {
+                    let listed = tokio::time::timeout(CONSUMER_INFO_TIMEOUT, async {
+                        let stream = self.js.get_stream(name).await.ok()?;
+                        let infos: Vec<_> = stream.consumers().take(1_000).collect().await;
+                        Some(infos)
+                    })
+                    .await
+                    .ok()
+                    .flatten();
+                    let label = |consumer: &str| ConsumerLabel {
+                        stream: name.clone(),
+                        consumer: consumer.to_string(),
+                    };
+                    let Some(infos) = listed else {
+                        self.up.get_or_create(&label("")).set(0);
+                        return;
+                    };
+                    self.up.get_or_create(&label("")).set(1);
+                    for info in infos.into_iter().flatten() {
+                        // Only named (durable) consumers: ephemeral ones come and go with
+                        // each `nats` CLI call and would only add noise.
+                        if info.config.durable_name.is_some() {
+                            self.set(&label(&info.name), Some(&info));
+                        }
+                    }
+                });
+                futures::future::join_all(reads).await;
+            }
+        }
+    }
+
+    fn set(&self, label: &ConsumerLabel, info: Option<&jetstream::consumer::Info>) {
+        let Some(info) = info else {
+            self.up.get_or_create(label).set(0);
+            return;
+        };
+        let set = |family: &Family<ConsumerLabel, Gauge>, value: u64| {
+            family
+                .get_or_create(label)
+                .set(i64::try_from(value).unwrap_or(i64::MAX));
+        };
+        set(&self.pending, info.num_pending);
+        set(&self.ack_pending, info.num_ack_pending as u64);
+        set(&self.redelivered, info.num_redelivered as u64);
+        if matches!(&*self.watched, Watched::Consumers(_)) {
+            self.up.get_or_create(label).set(1);
+        }
     }
 }
 
@@ -292,4 +354,52 @@ pub async fn spawn_admin(
         }
     });
     Ok(Some(local))
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabel {
+    pub method: String,
+    /// The route template (`/v1/jobs/{id}`), never the raw path: one series per route.
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub method: String,
+    pub route: String,
+}
+
+/// The gateway's own metrics: what clients asked for and how it went.
+#[derive(Clone, Debug)]
+pub struct ApiMetrics {
+    pub submitted: Family<KindLabel, Counter>,
+    pub requests: Family<HttpLabel, Counter>,
+    pub request_seconds: Family<RouteLabel, Histogram>,
+}
+
+impl ApiMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            submitted: Family::default(),
+            requests: Family::default(),
+            request_seconds: Family::new_with_constructor(seconds_histogram),
+        };
+        registry.register(
+            "jetjobs_jobs_submitted",
+            "Jobs accepted (202) by the gateway; replays of an existing job are not counted",
+            metrics.submitted.clone(),
+        );
+        registry.register(
+            "jetjobs_http_requests",
+            "HTTP requests answered, by method, route and status",
+            metrics.requests.clone(),
+        );
+        registry.register(
+            "jetjobs_http_request_duration_seconds",
+            "Time to answer an HTTP request (to the response head; streams not included)",
+            metrics.request_seconds.clone(),
+        );
+        metrics
+    }
 }

@@ -31,11 +31,11 @@ pub async fn create(
         None => Identity::Fresh,
         Some(value) => Identity::IdempotencyKey(idempotency_key(value)?),
     };
+    let kind = body.kind.clone();
+    let job = submit::submit(&state, identity, body).await?;
+    count_submission(&state, &kind, &job);
     // A replayed POST answers like the original did (202), as the IETF draft suggests.
-    accepted(
-        StatusCode::ACCEPTED,
-        submit::submit(&state, identity, body).await?,
-    )
+    accepted(StatusCode::ACCEPTED, job)
 }
 
 /// `PUT /v1/jobs/{id}`: the client chooses the id; repeating the same PUT is harmless.
@@ -52,7 +52,9 @@ pub async fn put(
             "the body's id {body_id} differs from the path's id {id}"
         )));
     }
+    let kind = body.kind.clone();
     let job = submit::submit(&state, Identity::ClientId(id), body).await?;
+    count_submission(&state, &kind, &job);
     // An identical repeat of a PUT changes nothing: 200 with the current snapshot.
     let status = if job.replayed {
         StatusCode::OK
@@ -71,6 +73,16 @@ pub async fn get(
     match submit::read_snapshot(&state, id).await? {
         Some(snapshot) => Ok(json_response(StatusCode::OK, snapshot)),
         None => Err(ApiError::not_found(format!("there is no job {id}"))),
+    }
+}
+
+fn count_submission(state: &AppState, kind: &jetjobs::Kind, job: &Accepted) {
+    if !job.replayed {
+        state
+            .metrics
+            .submitted
+            .get_or_create(&jetjobs::metrics::KindLabel::new(kind))
+            .inc();
     }
 }
 

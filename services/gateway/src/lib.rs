@@ -10,6 +10,7 @@ mod extract;
 mod health;
 mod jobs;
 mod kinds;
+mod metrics;
 mod nats_guard;
 pub mod serve;
 mod submit;
@@ -95,6 +96,8 @@ pub struct AppState {
     events: jetstream::stream::Stream,
     /// `JOBS_DEAD`, read to retry a failed job.
     dead: jetstream::stream::Stream,
+    metrics: jetjobs::metrics::ApiMetrics,
+    exposition: jetjobs::metrics::Exposition,
 }
 
 pub fn router(state: AppState, config: &Config) -> Router {
@@ -122,6 +125,7 @@ pub fn router(state: AppState, config: &Config) -> Router {
         ));
     v1.route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::metrics))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -131,6 +135,11 @@ pub fn router(state: AppState, config: &Config) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        // A `Router::layer`, so it runs for every route and sees its matched template.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            metrics::record,
+        ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -154,7 +163,20 @@ pub async fn run(
                 .with_context(|| format!("opening KV {bucket}"))
         }
     };
+    let mut registry = jetjobs::metrics::Registry::default();
+    let api_metrics = jetjobs::metrics::ApiMetrics::register(&mut registry);
+    // The gateway shows every queue, so one scrape of it answers "how deep is each queue".
+    let consumers = jetjobs::metrics::ConsumerGauges::register_streams(
+        &mut registry,
+        js.clone(),
+        vec![
+            layout::JOBS_STREAM.to_string(),
+            layout::EVENTS_STREAM.to_string(),
+        ],
+    );
     let state = AppState {
+        metrics: api_metrics,
+        exposition: jetjobs::metrics::Exposition::new(registry, Some(consumers)),
         status: open(layout::STATUS_BUCKET).await?,
         claims: open(layout::IDEMPOTENCY_BUCKET).await?,
         kinds: kinds::KindCache::start(open(layout::KINDS_BUCKET).await?, shutdown.clone()),
