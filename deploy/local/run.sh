@@ -61,9 +61,10 @@ start() { # name binary
   "$BIN/$2" >"$RUN_DIR/logs/$1.log" 2>&1 &
   pids+=($!)
 }
-start status jetjobs-status
-start processor-io jetjobs-processor-io
-start processor-cpu jetjobs-processor-cpu
+# Services without an HTTP API serve /metrics on an admin port each.
+JETJOBS_ADMIN_LISTEN=127.0.0.1:9101 start status jetjobs-status
+JETJOBS_ADMIN_LISTEN=127.0.0.1:9102 start processor-io jetjobs-processor-io
+JETJOBS_ADMIN_LISTEN=127.0.0.1:9103 start processor-cpu jetjobs-processor-cpu
 JETJOBS_LISTEN="$GATEWAY_ADDR" start gateway jetjobs-gateway
 
 for _ in $(seq 1 100); do
@@ -74,7 +75,8 @@ done
 cat <<MSG
 
 jetjobs is running.
-  gateway:  http://${GATEWAY_ADDR}
+  gateway:  http://${GATEWAY_ADDR}   (metrics http://${GATEWAY_ADDR}/metrics)
+  metrics:  status http://127.0.0.1:9101/metrics, processor-io :9102, processor-cpu :9103
   NATS:     ${NATS_URL}   (monitoring http://127.0.0.1:${NATS_MONITOR_PORT})
   logs:     ${RUN_DIR}/logs/
 

@@ -4,6 +4,7 @@
 //! - [`subjects`], [`layout`]: where things live on NATS, and provisioning.
 //! - [`kinds`]: the registry of job kinds.
 //! - [`processor`]: the runtime every processor service is built on.
+//! - [`metrics`]: Prometheus metrics and the admin server that serves them.
 //! - [`config`], [`telemetry`], [`shutdown`], [`trace_context`]: service plumbing.
 //! - `testing` (feature `testing`): a real nats-server for tests.
 
@@ -11,6 +12,7 @@ pub mod config;
 pub mod job;
 pub mod kinds;
 pub mod layout;
+pub mod metrics;
 pub mod processor;
 pub mod shutdown;
 pub mod state;

@@ -40,7 +40,9 @@ pub async fn create(
         Some(value) => Identity::IdempotencyKey(idempotency_key(value)?),
     };
     let waiter = Waiter::start(&state, &request_headers).await;
+    let kind = body.kind.clone();
     let job = submit::submit(&state, identity, body).await?;
+    count_submission(&state, &kind, &job);
     // A replayed POST answers like the original did (202), as the IETF draft suggests.
     respond(&state, StatusCode::ACCEPTED, job, waiter).await
 }
@@ -61,7 +63,9 @@ pub async fn put(
         )));
     }
     let waiter = Waiter::start(&state, &request_headers).await;
+    let kind = body.kind.clone();
     let job = submit::submit(&state, Identity::ClientId(id), body).await?;
+    count_submission(&state, &kind, &job);
     // An identical repeat of a PUT changes nothing: 200 with the current snapshot.
     let status = if job.replayed {
         StatusCode::OK
@@ -287,6 +291,16 @@ fn snapshot_response(change: &Arc<Change>) -> Response {
 
 fn not_modified(revision: u64) -> Response {
     with_etag(StatusCode::NOT_MODIFIED.into_response(), revision)
+}
+
+fn count_submission(state: &AppState, kind: &jetjobs::Kind, job: &Accepted) {
+    if !job.replayed {
+        state
+            .metrics
+            .submitted
+            .get_or_create(&jetjobs::metrics::KindLabel::new(kind))
+            .inc();
+    }
 }
 
 pub fn parse_id(raw: &str) -> Result<JobId, ApiError> {

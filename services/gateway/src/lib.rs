@@ -10,6 +10,7 @@ mod extract;
 mod health;
 mod jobs;
 mod kinds;
+mod metrics;
 mod nats_guard;
 pub mod serve;
 mod sse;
@@ -116,6 +117,8 @@ pub struct AppState {
     dead: jetstream::stream::Stream,
     /// Waiting and streaming: the `job_status` watch hub and its limits.
     push: waiting::Push,
+    metrics: jetjobs::metrics::ApiMetrics,
+    exposition: jetjobs::metrics::Exposition,
 }
 
 pub fn router(state: AppState, config: &Config) -> Router {
@@ -146,6 +149,7 @@ pub fn router(state: AppState, config: &Config) -> Router {
         ));
     v1.route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::metrics))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -155,6 +159,11 @@ pub fn router(state: AppState, config: &Config) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        // A `Router::layer`, so it runs for every route and sees its matched template.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            metrics::record,
+        ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -199,7 +208,20 @@ pub async fn run(
         sse_keepalive: Duration::from_secs(config.sse_keepalive_secs),
         event_streams: std::sync::Arc::new(tokio::sync::Semaphore::new(config.max_event_streams)),
     };
+    let mut registry = jetjobs::metrics::Registry::default();
+    let api_metrics = jetjobs::metrics::ApiMetrics::register(&mut registry);
+    // The gateway shows every queue, so one scrape of it answers "how deep is each queue".
+    let consumers = jetjobs::metrics::ConsumerGauges::register_streams(
+        &mut registry,
+        js.clone(),
+        vec![
+            layout::JOBS_STREAM.to_string(),
+            layout::EVENTS_STREAM.to_string(),
+        ],
+    );
     let state = AppState {
+        metrics: api_metrics,
+        exposition: jetjobs::metrics::Exposition::new(registry, Some(consumers)),
         status,
         claims: open(layout::IDEMPOTENCY_BUCKET).await?,
         kinds: kinds::KindCache::start(open(layout::KINDS_BUCKET).await?, shutdown.clone()),

@@ -14,6 +14,7 @@ use anyhow::Context as _;
 use async_nats::jetstream;
 use jetjobs::config::NatsArgs;
 use jetjobs::layout::{self, Requirement};
+use jetjobs::metrics::{self, ConsumerGauges, Exposition, Registry};
 use tokio_util::sync::CancellationToken;
 
 pub use projector::Projector;
@@ -63,6 +64,8 @@ pub struct Config {
     /// Snapshots of live jobs remembered per shard, to save a KV read per event.
     #[arg(long, env = "JETJOBS_STATUS_CACHE", default_value_t = 4_096)]
     pub cache_per_shard: usize,
+    #[command(flatten)]
+    pub admin: jetjobs::metrics::AdminArgs,
 }
 
 impl Config {
@@ -75,6 +78,7 @@ impl Config {
             shard_buffer: 256,
             batch: 512,
             cache_per_shard: 4_096,
+            admin: jetjobs::metrics::AdminArgs::default(),
         }
     }
 }
@@ -127,6 +131,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .get_consumer(layout::STATUS_CONSUMER)
         .await
         .map_err(|e| anyhow::anyhow!("opening consumer status-projector: {e}"))?;
+    let mut registry = Registry::default();
+    let consumers = ConsumerGauges::register(
+        &mut registry,
+        js.clone(),
+        vec![(
+            layout::EVENTS_STREAM.to_string(),
+            layout::STATUS_CONSUMER.to_string(),
+        )],
+    );
+    let admin = CancellationToken::new();
+    metrics::spawn_admin(
+        &config.admin,
+        Exposition::new(registry, Some(consumers)),
+        admin.clone(),
+    )
+    .await
+    .context("starting the admin server")?;
+    let _admin = admin.drop_guard();
     tracing::info!(shards = config.shards, "Status service started.");
     Projector::new(
         bucket,

@@ -40,6 +40,7 @@ pub use handler::{Handler, JobContext, JobError, KindDef};
 use crate::job::{JobId, JobRequest, Kind};
 use crate::kinds::{self, KindInfo};
 use crate::layout::{self, ProcessorSpec, Requirement};
+use crate::metrics::{ConsumerGauges, Exposition, JobMetrics, KindLabel, Registry};
 use crate::state::{Change, JobEvent};
 use crate::subjects::{self, headers};
 
@@ -68,6 +69,8 @@ pub struct RuntimeConfig {
     /// On shutdown, how long running jobs may take to finish before they are released.
     #[arg(long, env = "JETJOBS_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
     pub shutdown_grace_secs: u64,
+    #[command(flatten)]
+    pub admin: crate::metrics::AdminArgs,
 }
 
 impl Default for RuntimeConfig {
@@ -80,6 +83,7 @@ impl Default for RuntimeConfig {
             retry_base_ms: 1_000,
             retry_max_ms: 60_000,
             shutdown_grace_secs: 20,
+            admin: crate::metrics::AdminArgs::default(),
         }
     }
 }
@@ -105,6 +109,8 @@ pub enum RuntimeError {
     Registry(#[from] kinds::RegistryError),
     #[error("{0}")]
     Nats(String),
+    #[error("cannot serve metrics: {0}")]
+    Admin(String),
     #[error(
         "consumer {consumer} does not receive {missing:?}; run `jetjobs-admin provision` so its filter covers every kind this processor serves"
     )]
@@ -271,7 +277,25 @@ impl Processor {
             .get_stream(layout::EVENTS_STREAM)
             .await
             .map_err(|e| nats(&e))?;
+        let mut registry = Registry::default();
+        let metrics = JobMetrics::register(&mut registry);
+        let consumers = ConsumerGauges::register(
+            &mut registry,
+            js.clone(),
+            vec![(layout::JOBS_STREAM.to_string(), self.name.clone())],
+        );
+        let admin_shutdown = CancellationToken::new();
+        crate::metrics::spawn_admin(
+            &config.admin,
+            Exposition::new(registry, Some(consumers)),
+            admin_shutdown.clone(),
+        )
+        .await
+        .map_err(|e| RuntimeError::Admin(e.to_string()))?;
+        // Metrics stay up until the last job is handed back, then go with the runtime.
+        let _admin = admin_shutdown.drop_guard();
         let runtime = Arc::new(Runtime {
+            metrics,
             client: client.clone(),
             js,
             events,
@@ -309,6 +333,7 @@ impl Processor {
 }
 
 struct Runtime {
+    metrics: JobMetrics,
     client: async_nats::Client,
     js: jetstream::Context,
     handlers: HashMap<Kind, Arc<dyn ErasedHandler>>,
@@ -615,6 +640,18 @@ impl Runtime {
                 }
             }
             tracing::debug!("Job started.");
+            let kind = KindLabel::new(&request.kind);
+            self.metrics.started.get_or_create(&kind).inc();
+            if attempt == request.prior_attempts + 1 {
+                let waited = (crate::job::now() - request.created_at)
+                    .to_std()
+                    .unwrap_or_default();
+                self.metrics
+                    .queue_wait_seconds
+                    .get_or_create(&kind)
+                    .observe(waited.as_secs_f64());
+            }
+            let run_started = std::time::Instant::now();
 
             let cancel = CancellationToken::new();
             let blocking = TaskTracker::new();
@@ -646,6 +683,12 @@ impl Runtime {
                 .is_err()
             {
                 tracing::warn!("Blocking work ignored cancellation; freeing its slot anyway.");
+            }
+            if matches!(ended, Ended::Ran(_)) {
+                self.metrics
+                    .run_seconds
+                    .get_or_create(&kind)
+                    .observe(run_started.elapsed().as_secs_f64());
             }
             match ended {
                 Ended::Ran(outcome) => {
@@ -698,6 +741,10 @@ impl Runtime {
                 let event = JobEvent::new(request, attempt, Change::Succeeded { result });
                 match self.publish_fenced(&event, trace, fence).await {
                     Fenced::Recorded => {
+                        self.metrics
+                            .succeeded
+                            .get_or_create(&KindLabel::new(&request.kind))
+                            .inc();
                         self.confirm_ack(message).await;
                         tracing::debug!("Job succeeded.");
                     }
@@ -722,6 +769,10 @@ impl Runtime {
                     JobEvent::new(request, attempt, Change::Retrying { error, retry_in_ms });
                 match self.publish_fenced(&event, trace, fence).await {
                     Fenced::Recorded => {
+                        self.metrics
+                            .retried
+                            .get_or_create(&KindLabel::new(&request.kind))
+                            .inc();
                         if let Err(e) = message.ack_with(AckKind::Nak(Some(delay))).await {
                             tracing::warn!(error = %e, "Could not schedule the retry; ack_wait will.");
                         }
@@ -776,6 +827,8 @@ impl Runtime {
             Fenced::Superseded(superseded) => return self.stand_down(message, superseded).await,
             Fenced::TooLarge | Fenced::NotConfirmed => return,
         }
+        let kind = KindLabel::new(&request.kind);
+        self.metrics.failed.get_or_create(&kind).inc();
         // Only the run whose `failed` was stored writes the dead letter, so there is one.
         let dead = self
             .dead_letter(
@@ -789,6 +842,7 @@ impl Runtime {
             )
             .await;
         if dead.is_stored() {
+            self.metrics.dead_lettered.get_or_create(&kind).inc();
             self.confirm_ack(message).await;
         }
     }
@@ -812,6 +866,7 @@ impl Runtime {
             self.terminate(&message).await;
             return;
         };
+        let label = KindLabel::new(&kind);
         let subject = match job_id {
             Some(id) => subjects::dead(&kind, id),
             None => subjects::dead_undecodable(&kind),
@@ -828,6 +883,9 @@ impl Runtime {
             )
             .await
             .is_stored();
+        if ok {
+            self.metrics.dead_lettered.get_or_create(&label).inc();
+        }
         if let Some(id) = job_id {
             let request = JobRequest {
                 id,
@@ -839,7 +897,11 @@ impl Runtime {
                 prior_attempts: 0,
             };
             let event = JobEvent::new(&request, attempt, Change::Failed { error: reason });
-            ok &= self.publish_event(&event, &trace).await.is_stored();
+            let failed = self.publish_event(&event, &trace).await.is_stored();
+            if failed {
+                self.metrics.failed.get_or_create(&label).inc();
+            }
+            ok &= failed;
         }
         if ok {
             self.terminate(&message).await;

@@ -78,6 +78,11 @@ struct Harness {
 
 impl Harness {
     async fn start(concurrency: usize) -> Self {
+        Self::start_with(concurrency, None).await
+    }
+
+    /// With `admin`, the processor also serves `/metrics` there.
+    async fn start_with(concurrency: usize, admin: Option<std::net::SocketAddr>) -> Self {
         let nats = NatsServer::start();
         let client = nats.client().await;
         let js = jetstream::new(client.clone());
@@ -92,6 +97,9 @@ impl Harness {
             concurrency,
             retry_base_ms: 20,
             retry_max_ms: 100,
+            admin: jetjobs::metrics::AdminArgs {
+                admin_listen: admin,
+            },
             ..RuntimeConfig::default()
         };
         let shutdown = CancellationToken::new();
@@ -337,4 +345,115 @@ async fn never_more_jobs_in_flight_than_the_concurrency_limit() {
         max_ack_pending <= 3,
         "the processor held {max_ack_pending} jobs with 3 slots"
     );
+}
+
+/// A free port on the loopback interface, for a server that binds it itself.
+fn free_port() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+}
+
+/// The value of one sample in a Prometheus text exposition, if present.
+fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
+    let prefix = if labels.is_empty() {
+        format!("{name} ")
+    } else {
+        format!("{name}{{{labels}}} ")
+    };
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_every_outcome_by_kind() {
+    let admin = free_port();
+    let harness = Harness::start_with(4, Some(admin)).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(harness.submit(json!({"fail_first": 0}), 3).await);
+    }
+    // Retried once, then succeeds.
+    ids.push(harness.submit(json!({"fail_first": 1}), 3).await);
+    // Retried once, then fails on its last attempt.
+    ids.push(harness.submit(json!({"fail_first": 9}), 2).await);
+    // Fails at once.
+    ids.push(
+        harness
+            .submit(json!({"fail_first": 1, "permanent": true}), 3)
+            .await,
+    );
+    // Not a job at all: failed and dead-lettered without running.
+    let poison = JobId::new_v7();
+    harness
+        .js
+        .publish(
+            subjects::submit(&Kind::new("flaky").expect("kind"), poison),
+            "not json".into(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    ids.push(poison);
+    for id in &ids {
+        harness.outcome(*id).await;
+    }
+
+    let http = reqwest::Client::new();
+    let url = format!("http://{admin}/metrics");
+    let flaky = r#"kind="flaky""#;
+    let consumer = r#"stream="JOBS",consumer="processor-test""#;
+    // The last ack lands just after the last outcome event: wait for the queue to drain.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let response = http.get(&url).send().await.expect("GET /metrics");
+        assert_eq!(response.status(), reqwest::StatusCode::OK);
+        assert!(
+            response
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("application/openmetrics-text")),
+        );
+        let text = response.text().await.expect("body");
+        let drained = sample(&text, "jetjobs_consumer_ack_pending_messages", consumer) == Some(0.0)
+            && sample(&text, "jetjobs_consumer_pending_messages", consumer) == Some(0.0);
+        if drained || tokio::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let value = |name: &str, labels: &str| {
+        sample(&text, name, labels).unwrap_or_else(|| panic!("no {name}{{{labels}}} in\n{text}"))
+    };
+    // 3 + 2 + 2 + 1 runs; the poison message never ran.
+    assert_eq!(value("jetjobs_jobs_started_total", flaky), 8.0);
+    assert_eq!(value("jetjobs_jobs_succeeded_total", flaky), 4.0);
+    assert_eq!(value("jetjobs_jobs_retried_total", flaky), 2.0);
+    assert_eq!(value("jetjobs_jobs_failed_total", flaky), 3.0);
+    assert_eq!(value("jetjobs_jobs_dead_lettered_total", flaky), 3.0);
+    assert_eq!(value("jetjobs_job_run_seconds_count", flaky), 8.0);
+    assert!(value("jetjobs_job_run_seconds_sum", flaky) > 0.0);
+    // Only first runs waited in the queue.
+    assert_eq!(value("jetjobs_job_queue_wait_seconds_count", flaky), 6.0);
+    assert_eq!(
+        value(
+            "jetjobs_job_run_seconds_bucket",
+            r#"le="+Inf",kind="flaky""#
+        ),
+        8.0
+    );
+    assert_eq!(value("jetjobs_consumer_pending_messages", consumer), 0.0);
+    assert_eq!(
+        value("jetjobs_consumer_ack_pending_messages", consumer),
+        0.0
+    );
+    assert_eq!(value("jetjobs_consumer_info_up", consumer), 1.0);
+    assert!(
+        text.contains("# TYPE jetjobs_job_run_seconds histogram"),
+        "{text}"
+    );
+    assert!(text.contains("# HELP jetjobs_jobs_started "), "{text}");
 }

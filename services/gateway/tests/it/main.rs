@@ -9,6 +9,7 @@ mod errors;
 mod idempotency;
 mod jobs;
 mod lifecycle;
+mod metrics;
 mod projection;
 mod push_limits;
 mod read_your_writes;

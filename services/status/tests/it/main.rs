@@ -3,5 +3,6 @@
 
 mod helpers;
 
+mod metrics;
 mod rebuild;
 mod shutdown;

@@ -1,0 +1,46 @@
+//! `GET /metrics`, and the middleware that counts and times every request.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use jetjobs::metrics::{HttpLabel, RouteLabel};
+
+use crate::AppState;
+
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    state.exposition.response().await
+}
+
+/// Labels requests by route template, so `/v1/jobs/{id}` is one series however many
+/// jobs there are; a path no route matches is `unmatched`, so scanners cannot blow up
+/// the number of series.
+pub async fn record(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().as_str().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_string();
+    let response = next.run(request).await;
+    state
+        .metrics
+        .request_seconds
+        .get_or_create(&RouteLabel {
+            method: method.clone(),
+            route: route.clone(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    state
+        .metrics
+        .requests
+        .get_or_create(&HttpLabel {
+            method,
+            route,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
+}
