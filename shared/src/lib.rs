@@ -3,6 +3,7 @@
 //! - [`job`], [`state`]: what a job is, the events that change it, and the state machine.
 //! - [`subjects`], [`layout`]: where things live on NATS, and provisioning.
 //! - [`kinds`]: the registry of job kinds.
+//! - [`webhook`]: callback events, the SSRF address policy, Standard Webhooks signatures.
 //! - [`processor`]: the runtime every processor service is built on.
 //! - [`config`], [`telemetry`], [`shutdown`], [`trace_context`]: service plumbing.
 //! - `testing` (feature `testing`): a real nats-server for tests.
@@ -17,6 +18,7 @@ pub mod state;
 pub mod subjects;
 pub mod telemetry;
 pub mod trace_context;
+pub mod webhook;
 
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -60,6 +60,11 @@ pub struct Config {
     /// On shutdown, how long in-flight requests may take to finish.
     #[arg(long, env = "JETJOBS_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
+    /// Address ranges (comma-separated CIDRs) a callback_url with an IP-literal host may
+    /// point to although they are private, loopback, link-local, ...; all public addresses
+    /// are allowed. Host names are checked by the notifier when it resolves them.
+    #[arg(long, env = "JETJOBS_WEBHOOK_ALLOW", default_value = "")]
+    pub webhook_allow: jetjobs::webhook::AddressPolicy,
 }
 
 impl Config {
@@ -72,6 +77,7 @@ impl Config {
             request_timeout_secs: 30,
             max_connections: 1024,
             shutdown_grace_secs: 2,
+            webhook_allow: jetjobs::webhook::AddressPolicy::default(),
         }
     }
 
@@ -95,6 +101,8 @@ pub struct AppState {
     events: jetstream::stream::Stream,
     /// `JOBS_DEAD`, read to retry a failed job.
     dead: jetstream::stream::Stream,
+    /// Which callback addresses jobs may name.
+    webhook_allow: jetjobs::webhook::AddressPolicy,
 }
 
 pub fn router(state: AppState, config: &Config) -> Router {
@@ -168,6 +176,7 @@ pub async fn run(
             .context("opening stream JOBS_DEAD")?,
         client: client.clone(),
         js,
+        webhook_allow: config.webhook_allow.clone(),
     };
     let app = router(state, &config);
     let listener = match listener {
