@@ -49,9 +49,6 @@ impl Resolve for PolicyResolver {
 }
 
 pub fn build(config: &crate::Config) -> anyhow::Result<reqwest::Client> {
-    // reqwest is built without a bundled crypto provider; use ring, as async-nats does.
-    // Another part of the process may have installed one already, which is as good.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(config.timeout_secs))
         .connect_timeout(Duration::from_secs(config.timeout_secs))

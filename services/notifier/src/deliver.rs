@@ -171,6 +171,14 @@ impl Deliverer {
                 };
             }
         };
+        if url.scheme() == "https" {
+            return Outcome::Failed {
+                status: None,
+                error: "https callbacks are not supported by this notifier build yet (no TLS); \
+                        use an http callback behind your own TLS-terminating proxy"
+                    .into(),
+            };
+        }
         // Names are checked by the resolver; a literal address never reaches it.
         if let Err(e) = self.policy.check_url(&url) {
             return Outcome::Failed {

@@ -49,10 +49,17 @@ pub struct Config {
     #[arg(long, env = "JETJOBS_WEBHOOK_RETRY_BASE_MS", default_value_t = 1_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub retry_base_ms: u64,
-    /// Longest delay between two attempts (also the cap on a receiver's Retry-After).
+    /// Longest backoff delay between two attempts.
     #[arg(long, env = "JETJOBS_WEBHOOK_RETRY_MAX_MS", default_value_t = 3_600_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub retry_max_ms: u64,
+    /// Longest Retry-After (of a 429, 503, ...) honoured; longer ones are cut to it.
+    #[arg(
+        long,
+        env = "JETJOBS_WEBHOOK_RETRY_AFTER_MAX_SECS",
+        default_value_t = 3_600
+    )]
+    pub retry_after_max_secs: u64,
     /// How long after an event happened its delivery is still retried; then it is
     /// recorded as failed.
     #[arg(long, env = "JETJOBS_WEBHOOK_RETRY_FOR_SECS", default_value_t = 86_400)]
@@ -76,6 +83,7 @@ impl Config {
             timeout_secs: 10,
             retry_base_ms: 1_000,
             retry_max_ms: 3_600_000,
+            retry_after_max_secs: 3_600,
             retry_for_secs: 86_400,
             allow: AddressPolicy::default(),
             shutdown_grace_secs: 2,
@@ -120,6 +128,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         retry: retry::Policy {
             base: Duration::from_millis(config.retry_base_ms),
             max: Duration::from_millis(config.retry_max_ms),
+            retry_after_max: Duration::from_secs(config.retry_after_max_secs),
             period: Duration::from_secs(config.retry_for_secs),
         },
     };

@@ -10,6 +10,8 @@ use rand::Rng as _;
 pub struct Policy {
     pub base: Duration,
     pub max: Duration,
+    /// The longest `Retry-After` honoured; a receiver cannot park an event for longer.
+    pub retry_after_max: Duration,
     /// Measured from the event's time, so a notifier that was down does not extend it.
     pub period: Duration,
 }
@@ -17,10 +19,11 @@ pub struct Policy {
 impl Policy {
     /// The delay before attempt `attempt + 1`: `base * 2^(attempt-1)`, capped at `max`,
     /// with jitter (between half and all of it) so receivers that failed together are
-    /// not all retried at once. A `Retry-After` is honoured instead, up to `max`.
+    /// not all retried at once. A `Retry-After` is honoured instead, up to
+    /// `retry_after_max`.
     pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
         if let Some(asked) = retry_after {
-            return asked.min(self.max);
+            return asked.min(self.retry_after_max);
         }
         let exp = self
             .base
@@ -67,6 +70,7 @@ mod tests {
         Policy {
             base: Duration::from_secs(1),
             max: Duration::from_secs(60),
+            retry_after_max: Duration::from_secs(60),
             period: Duration::from_secs(3600),
         }
     }
