@@ -81,3 +81,56 @@ async fn killing_the_notifier_mid_delivery_loses_no_webhook() {
         assert_eq!(delivery.json()["type"], "job.succeeded");
     }
 }
+
+#[tokio::test]
+async fn sigterm_stops_the_notifier_cleanly_and_a_restart_delivers_the_rest() {
+    let system = System::start_with(Options {
+        notifier: false,
+        notifier_ack_wait: Duration::from_secs(30),
+        ..Options::default()
+    })
+    .await;
+    let receiver = Receiver::start_slow(vec![], Duration::from_millis(100)).await;
+    let mut ids = HashSet::new();
+    for _ in 0..40 {
+        ids.insert(
+            system
+                .submit_with_callback("noop", json!({}), &receiver.url("/hook"))
+                .await,
+        );
+    }
+    let mut notifier = spawn_notifier(&system.nats.url());
+    eventually(Duration::from_secs(30), || async {
+        (!receiver.deliveries().is_empty()).then_some(())
+    })
+    .await
+    .expect("deliveries begin");
+    let term = Command::new("kill")
+        .args(["-TERM", &notifier.id().to_string()])
+        .status()
+        .expect("send SIGTERM");
+    assert!(term.success());
+    let exited = eventually(Duration::from_secs(15), || {
+        let status = notifier.try_wait().expect("poll the notifier");
+        async move { status }
+    })
+    .await
+    .expect("the notifier exits within its grace period");
+    assert!(exited.success(), "a clean exit: {exited:?}");
+
+    // What it handed back comes at once to the next one (ack_wait here is 30 s).
+    let mut restarted = spawn_notifier(&system.nats.url());
+    let delivered = eventually(Duration::from_secs(20), || async {
+        let seen: HashSet<String> = receiver
+            .deliveries()
+            .iter()
+            .filter(|d| d.answered == 200)
+            .filter_map(|d| d.json()["data"]["id"].as_str().map(str::to_string))
+            .collect();
+        ids.is_subset(&seen).then_some(())
+    })
+    .await;
+    restarted.kill().expect("stop the notifier");
+    restarted.wait().expect("reap the notifier");
+    delivered.expect("every job's webhook was delivered before ack_wait could pass");
+}
