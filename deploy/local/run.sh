@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Starts the whole jetjobs system on this machine, without Docker: nats-server with
-# JetStream, provisioning, the status service, both processors and the gateway.
+# JetStream, provisioning, the status service, the notifier, both processors and the gateway.
 # Ctrl-C stops everything. State lives in .run/ (delete it for a clean start).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -13,6 +13,8 @@ PROFILE="${PROFILE:-release}"
 RUN_DIR="${RUN_DIR:-.run}"
 export NATS_URL="nats://127.0.0.1:${NATS_PORT}"
 export RUST_LOG="${RUST_LOG:-info}"
+# A development signing secret for webhooks; set your own (whsec_<base64>) for anything real.
+export JETJOBS_WEBHOOK_SECRETS="${JETJOBS_WEBHOOK_SECRETS:-whsec_ZGV2ZWxvcG1lbnQtb25seS1zZWNyZXQtMzJieXRlcw==}"
 
 build_flag=(--release)
 [ "$PROFILE" = "debug" ] && build_flag=()
@@ -63,6 +65,7 @@ start() { # name binary
 }
 # Services without an HTTP API serve /metrics on an admin port each.
 JETJOBS_ADMIN_LISTEN=127.0.0.1:9101 start status jetjobs-status
+JETJOBS_ADMIN_LISTEN=127.0.0.1:9104 start notifier jetjobs-notifier
 JETJOBS_ADMIN_LISTEN=127.0.0.1:9102 start processor-io jetjobs-processor-io
 JETJOBS_ADMIN_LISTEN=127.0.0.1:9103 start processor-cpu jetjobs-processor-cpu
 JETJOBS_LISTEN="$GATEWAY_ADDR" start gateway jetjobs-gateway

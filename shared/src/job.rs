@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::webhook::CallbackEvent;
+
 /// A job's identity. The gateway makes UUIDv7 (time-ordered, so KV keys and
 /// stream sequences sort the same way); a client may choose any UUID with `PUT`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -138,6 +140,12 @@ pub struct JobRequest {
     /// attempt's number for a retry (`POST /v1/jobs/{id}/retry`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub prior_attempts: u32,
+    /// Where the notifier POSTs this job's events (checked by the gateway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
+    /// Which events it POSTs; `None` means [`CallbackEvent::DEFAULT`] (how the job ended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_events: Option<Vec<CallbackEvent>>,
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -27,6 +27,7 @@ pub const KINDS_BUCKET: &str = "job_kinds";
 /// Claims on job ids and `Idempotency-Key`s: the arbiter for "the same request makes one job".
 pub const IDEMPOTENCY_BUCKET: &str = "job_idempotency";
 pub const STATUS_CONSUMER: &str = "status-projector";
+pub const NOTIFIER_CONSUMER: &str = "notifier";
 
 /// Metadata key naming the component that owns an object, visible in `nats stream info`.
 const OWNER_KEY: &str = "jetjobs.owner";
@@ -70,6 +71,12 @@ pub struct Layout {
     pub max_ack_pending: i64,
     pub status_ack_wait: Duration,
     pub status_max_ack_pending: i64,
+    /// Notifier: above its delivery timeout, so an event being delivered is not handed
+    /// to another replica meanwhile.
+    pub notifier_ack_wait: Duration,
+    /// Events being delivered at once, across notifier replicas (including those waiting
+    /// for their retry after a nak with delay).
+    pub notifier_max_ack_pending: i64,
     pub processors: Vec<ProcessorSpec>,
 }
 
@@ -93,6 +100,8 @@ impl Default for Layout {
             // event delivered by a consumer leader that then died waits to come back.
             status_ack_wait: Duration::from_secs(10),
             status_max_ack_pending: 20_000,
+            notifier_ack_wait: Duration::from_secs(60),
+            notifier_max_ack_pending: 10_000,
             processors: Vec::new(),
         }
     }
@@ -210,6 +219,26 @@ impl Layout {
             max_ack_pending: self.status_max_ack_pending,
             num_replicas: self.replicas,
             metadata: owner("status"),
+            ..Default::default()
+        }
+    }
+
+    pub fn notifier_consumer(&self) -> consumer::pull::Config {
+        consumer::pull::Config {
+            durable_name: Some(NOTIFIER_CONSUMER.into()),
+            description: Some(
+                "jetjobs notifier: delivers webhooks for job events (not its own records)".into(),
+            ),
+            filter_subjects: vec![subjects::EVENTS_JOBS_ONLY.into()],
+            ack_policy: AckPolicy::Explicit,
+            deliver_policy: DeliverPolicy::All,
+            ack_wait: self.notifier_ack_wait,
+            // The notifier gives up on an event after its retry period, measured from the
+            // event's time; a delivery count limit would drop webhooks silently.
+            max_deliver: -1,
+            max_ack_pending: self.notifier_max_ack_pending,
+            num_replicas: self.replicas,
+            metadata: owner("notifier"),
             ..Default::default()
         }
     }
@@ -342,6 +371,7 @@ pub async fn provision(
         .await?;
     }
     ensure_consumer(js, EVENTS_STREAM, layout.status_consumer(), &mut report).await?;
+    ensure_consumer(js, EVENTS_STREAM, layout.notifier_consumer(), &mut report).await?;
     Ok(report)
 }
 

@@ -3,6 +3,7 @@
 //! - [`job`], [`state`]: what a job is, the events that change it, and the state machine.
 //! - [`subjects`], [`layout`]: where things live on NATS, and provisioning.
 //! - [`kinds`]: the registry of job kinds.
+//! - [`webhook`]: callback events, the SSRF address policy, Standard Webhooks signatures.
 //! - [`processor`]: the runtime every processor service is built on.
 //! - [`metrics`]: Prometheus metrics and the admin server that serves them.
 //! - [`config`], [`telemetry`], [`shutdown`], [`trace_context`]: service plumbing.
@@ -19,6 +20,7 @@ pub mod state;
 pub mod subjects;
 pub mod telemetry;
 pub mod trace_context;
+pub mod webhook;
 
 #[cfg(feature = "testing")]
 pub mod testing;

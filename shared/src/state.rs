@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::job::{JobId, JobRequest, Kind, Progress};
+use crate::webhook::{CallbackEvent, WebhookRecord, WebhookStatus};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -84,6 +85,14 @@ pub struct JobSnapshot {
     /// order the events came in.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<AttemptError>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_events: Option<Vec<CallbackEvent>>,
+    /// Where delivery of the job's webhooks stands (jobs with a callback, once an event
+    /// is due).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookStatus>,
 }
 
 /// One failed attempt, kept so that a failed job explains every failure, not only the last.
@@ -109,6 +118,8 @@ impl JobSnapshot {
             request.created_at,
         );
         snapshot.attempt = request.prior_attempts;
+        snapshot.callback_url = request.callback_url.clone();
+        snapshot.callback_events = request.callback_events.clone();
         snapshot
     }
 
@@ -135,6 +146,9 @@ impl JobSnapshot {
             result: None,
             error: None,
             errors: Vec::new(),
+            callback_url: None,
+            callback_events: None,
+            webhook: None,
         }
     }
 }
@@ -144,8 +158,12 @@ const REQUEUED_STEP: u8 = 4;
 
 /// One change to a job, published on `jobs.events.<kind>.<id>` by whoever made it.
 ///
-/// Every event carries the job's fixed facts (`kind`, `max_attempts`, `created_at`) so the
-/// status service can create a snapshot from any event, in any order.
+/// Every event carries the job's fixed facts (`kind`, `max_attempts`, `created_at`, the
+/// callback) so the status service can create a snapshot from any event, in any order,
+/// and the notifier needs nothing but the event to deliver it.
+///
+/// Webhook delivery records ([`Change::Webhook`]) travel on `jobs.events.<kind>.<id>.webhook`
+/// instead: writers fence on the job's own subject, and a record there would refuse them.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobEvent {
     pub job_id: JobId,
@@ -156,6 +174,10 @@ pub struct JobEvent {
     pub created_at: DateTime<Utc>,
     /// When the change happened.
     pub at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_events: Option<Vec<CallbackEvent>>,
     #[serde(flatten)]
     pub change: Change,
 }
@@ -182,6 +204,9 @@ pub enum Change {
     /// A failed job was queued again (`POST /v1/jobs/{id}/retry`); its next run is
     /// `attempt + 1`, and it may run up to the event's `max_attempts`.
     Requeued,
+    /// One attempt to deliver a webhook for an earlier event (by the notifier). It never
+    /// changes the job's state or attempt, and may come after the job ended.
+    Webhook(WebhookRecord),
 }
 
 impl Change {
@@ -195,26 +220,48 @@ impl Change {
             Self::Failed { .. } => "failed",
             Self::Cancelled { .. } => "cancelled",
             Self::Requeued => "requeued",
+            Self::Webhook(_) => "webhook",
         }
     }
 
-    /// The state a job is in right after this change.
-    pub fn state(&self) -> JobState {
-        match self {
+    /// The state a job is in right after this change; `None` for a webhook record, which
+    /// changes no state.
+    pub fn state(&self) -> Option<JobState> {
+        Some(match self {
             Self::Started | Self::Progress(_) => JobState::Running,
             Self::Retrying { .. } => JobState::Retrying,
             Self::Succeeded { .. } => JobState::Succeeded,
             Self::Failed { .. } => JobState::Failed,
             Self::Cancelled { .. } => JobState::Cancelled,
             Self::Requeued => JobState::Queued,
-        }
+            Self::Webhook(_) => return None,
+        })
+    }
+
+    /// Whether the job has ended with this change.
+    pub fn is_terminal(&self) -> bool {
+        self.state().is_some_and(JobState::is_terminal)
+    }
+
+    /// The webhook event this change is, if a callback can hear it.
+    pub fn callback_event(&self) -> Option<CallbackEvent> {
+        Some(match self {
+            Self::Started => CallbackEvent::Started,
+            Self::Progress(_) => CallbackEvent::Progress,
+            Self::Retrying { .. } => CallbackEvent::Retrying,
+            Self::Succeeded { .. } => CallbackEvent::Succeeded,
+            Self::Failed { .. } => CallbackEvent::Failed,
+            Self::Cancelled { .. } => CallbackEvent::Cancelled,
+            Self::Requeued => CallbackEvent::Requeued,
+            Self::Webhook(_) => return None,
+        })
     }
 
     /// The step within an attempt: a later event of the same attempt must not rank lower.
     fn step(&self) -> u8 {
         match self {
             Self::Requeued => REQUEUED_STEP,
-            other => other.state().rank(),
+            other => other.state().map_or(0, JobState::rank),
         }
     }
 }
@@ -228,7 +275,28 @@ impl JobEvent {
             max_attempts: request.max_attempts,
             created_at: request.created_at,
             at: crate::job::now(),
+            callback_url: request.callback_url.clone(),
+            callback_events: request.callback_events.clone(),
             change,
+        }
+    }
+
+    /// Whether this event is one the job's callback wants delivered.
+    pub fn wants_webhook(&self) -> bool {
+        self.callback_url.is_some()
+            && self
+                .change
+                .callback_event()
+                .is_some_and(|e| e.selected_by(self.callback_events.as_deref()))
+    }
+
+    /// The record of a delivery attempt for this event, stored at `event_seq` in
+    /// `JOB_EVENTS`: the event's facts with the record as the change.
+    pub fn webhook_record(&self, record: WebhookRecord) -> Self {
+        Self {
+            at: crate::job::now(),
+            change: Change::Webhook(record),
+            ..self.clone()
         }
     }
 
@@ -240,6 +308,10 @@ impl JobEvent {
             Change::Progress(p) => format!(
                 "{}.progress.{}.{}.{}",
                 self.job_id, self.attempt, p.current, p.total
+            ),
+            Change::Webhook(r) => format!(
+                "{}.webhook.{}.{}.{:?}",
+                self.job_id, r.event_seq, r.delivery_attempt, r.outcome
             ),
             other => format!("{}.{}.{}", self.job_id, other.name(), self.attempt),
         }
@@ -258,6 +330,8 @@ pub enum Skip {
     NotNewer,
     #[error("the event is for another job")]
     OtherJob,
+    #[error("a webhook record for a job without a snapshot")]
+    NoSnapshot,
 }
 
 /// Decides whether `event` moves `current` forward, and if so returns the new snapshot.
@@ -269,7 +343,12 @@ pub enum Skip {
 /// 4. A later attempt always moves forward.
 /// 5. Within one attempt the step may only go forward (`running < retrying < terminal <
 ///    requeued`); progress only grows.
+///
+/// Webhook records are ordered among themselves only (see [`apply_webhook`]).
 pub fn apply(current: Option<&JobSnapshot>, event: &JobEvent) -> Result<JobSnapshot, Skip> {
+    if let Change::Webhook(record) = &event.change {
+        return apply_webhook(current, event, record);
+    }
     match (advance(current, event), current) {
         // An attempt's error that arrives late (events of one job can be redelivered out
         // of order) still belongs in the history, though it changes nothing else.
@@ -285,6 +364,40 @@ pub fn apply(current: Option<&JobSnapshot>, event: &JobEvent) -> Result<JobSnaps
         }
         (result, _) => result,
     }
+}
+
+/// A delivery record moves only the snapshot's `webhook`, and only forward: records are
+/// ordered by the delivered event's stream sequence, then the delivery attempt, then a
+/// final outcome over `retrying`. A terminal job still takes them: delivery comes after.
+fn apply_webhook(
+    current: Option<&JobSnapshot>,
+    event: &JobEvent,
+    record: &WebhookRecord,
+) -> Result<JobSnapshot, Skip> {
+    // The delivered event is earlier in the stream than its record, so a snapshot exists
+    // unless it expired; a record alone cannot say what state the job is in.
+    let snapshot = current.ok_or(Skip::NoSnapshot)?;
+    if snapshot.id != event.job_id {
+        return Err(Skip::OtherJob);
+    }
+    if snapshot
+        .webhook
+        .as_ref()
+        .is_some_and(|seen| record.order_key() <= seen.order_key())
+    {
+        return Err(Skip::NotNewer);
+    }
+    let mut next = snapshot.clone();
+    next.webhook = Some(WebhookStatus {
+        state: record.outcome,
+        event: record.event,
+        attempts: record.delivery_attempt,
+        last_status: record.status,
+        last_error: record.error.clone(),
+        last_attempt_at: Some(event.at),
+        event_seq: record.event_seq,
+    });
+    Ok(next)
 }
 
 /// Adds the event's error to the history if it is an attempt's error not yet there,
@@ -349,6 +462,16 @@ fn advance(current: Option<&JobSnapshot>, event: &JobEvent) -> Result<JobSnapsho
     };
 
     let mut next = base;
+    if next.callback_url.is_none() {
+        next.callback_url.clone_from(&event.callback_url);
+        next.callback_events.clone_from(&event.callback_events);
+    }
+    if next.webhook.is_none()
+        && event.wants_webhook()
+        && let Some(due) = event.change.callback_event()
+    {
+        next.webhook = Some(WebhookStatus::pending(due));
+    }
     if event.attempt > next.attempt {
         // A new run starts from a clean slate, except for the last error, which says
         // why this is not the first run.
@@ -356,7 +479,7 @@ fn advance(current: Option<&JobSnapshot>, event: &JobEvent) -> Result<JobSnapsho
         next.progress = None;
     }
     next.max_attempts = next.max_attempts.max(event.max_attempts);
-    next.state = event.change.state();
+    next.state = event.change.state().ok_or(Skip::NotNewer)?;
     next.updated_at = event.at.max(next.updated_at);
     if next.state != JobState::Running {
         // Progress describes a run in progress. Dropping it when the run ends also makes
@@ -377,6 +500,7 @@ fn advance(current: Option<&JobSnapshot>, event: &JobEvent) -> Result<JobSnapsho
         }
         Change::Cancelled { reason } => next.error = Some(reason.clone()),
         Change::Requeued => next.result = None,
+        Change::Webhook(_) => {}
     }
     Ok(next)
 }
@@ -405,6 +529,8 @@ mod tests {
             timeout_secs: None,
             created_at: crate::job::now(),
             prior_attempts: 0,
+            callback_url: None,
+            callback_events: None,
         }
     }
 
@@ -657,6 +783,129 @@ mod tests {
                 Err(Skip::Terminal)
             );
         }
+    }
+
+    fn with_callback(events: Option<Vec<CallbackEvent>>) -> JobRequest {
+        JobRequest {
+            callback_url: Some("https://example.com/hook".into()),
+            callback_events: events,
+            ..request()
+        }
+    }
+
+    fn record(seq: u64, attempt: u32, outcome: WebhookState, status: u16) -> Change {
+        Change::Webhook(WebhookRecord {
+            event: CallbackEvent::Succeeded,
+            event_seq: seq,
+            delivery_attempt: attempt,
+            outcome,
+            status: Some(status),
+            error: (status >= 300).then(|| format!("answered {status}")),
+            retry_in_ms: (outcome == WebhookState::Retrying).then_some(100),
+        })
+    }
+
+    use crate::webhook::{WebhookRecord, WebhookState};
+
+    #[test]
+    fn events_carry_the_callback_and_a_due_event_makes_the_webhook_pending() {
+        let req = with_callback(None);
+        let queued = JobSnapshot::queued(&req);
+        assert_eq!(queued.callback_url, req.callback_url);
+        assert_eq!(queued.webhook, None, "nothing is due while queued");
+        let running = run(&req, &[ev(&req, 1, Change::Started)]);
+        assert_eq!(
+            running.webhook, None,
+            "started is not in the default filter"
+        );
+        // A snapshot made from the terminal event alone carries the callback too.
+        let done = apply(None, &ev(&req, 1, succeeded())).expect("applied");
+        assert_eq!(done.callback_url, req.callback_url);
+        let webhook = done.webhook.expect("pending");
+        assert_eq!(
+            (webhook.state, webhook.event, webhook.attempts),
+            (WebhookState::Pending, CallbackEvent::Succeeded, 0)
+        );
+        // A job without a callback never shows one.
+        let plain = request();
+        assert_eq!(run(&plain, &[ev(&plain, 1, succeeded())]).webhook, None);
+    }
+
+    #[test]
+    fn webhook_records_apply_after_the_end_and_never_change_state_or_attempt() {
+        let req = with_callback(None);
+        let lifecycle = [ev(&req, 1, Change::Started), ev(&req, 1, succeeded())];
+        let done = run(&req, &lifecycle);
+        let records = [
+            ev(&req, 1, record(7, 1, WebhookState::Retrying, 500)),
+            ev(&req, 1, record(7, 2, WebhookState::Retrying, 500)),
+            ev(&req, 1, record(7, 3, WebhookState::Delivered, 200)),
+        ];
+        let all: Vec<JobEvent> = lifecycle.iter().chain(&records).cloned().collect();
+        let delivered = run(&req, &all);
+        assert_eq!(
+            (delivered.state, delivered.attempt),
+            (done.state, done.attempt)
+        );
+        assert_eq!(delivered.updated_at, done.updated_at);
+        assert_eq!(delivered.result, done.result);
+        let webhook = delivered.webhook.expect("webhook");
+        assert_eq!(
+            (
+                webhook.state,
+                webhook.attempts,
+                webhook.last_status,
+                webhook.last_error
+            ),
+            (WebhookState::Delivered, 3, Some(200), None)
+        );
+    }
+
+    #[test]
+    fn webhook_records_never_go_backwards_in_any_order() {
+        let req = with_callback(Some(vec![CallbackEvent::Started, CallbackEvent::Succeeded]));
+        let records = [
+            ev(&req, 1, record(3, 1, WebhookState::Retrying, 503)),
+            ev(&req, 1, record(3, 2, WebhookState::Delivered, 200)),
+            ev(&req, 1, record(9, 1, WebhookState::Retrying, 429)),
+            ev(&req, 1, record(9, 2, WebhookState::Retrying, 500)),
+            ev(&req, 1, record(9, 2, WebhookState::Failed, 500)),
+        ];
+        let base = run(
+            &req,
+            &[ev(&req, 1, Change::Started), ev(&req, 1, succeeded())],
+        );
+        let mut order: Vec<usize> = (0..records.len()).collect();
+        permute(&mut order, 0, &mut |perm| {
+            let mut snap = base.clone();
+            for &i in perm {
+                if let Ok(next) = apply(Some(&snap), &records[i]) {
+                    assert_eq!(next.state, base.state);
+                    snap = next;
+                }
+            }
+            let webhook = snap.webhook.expect("webhook");
+            assert_eq!(
+                (webhook.event_seq, webhook.attempts, webhook.state),
+                (9, 2, WebhookState::Failed),
+                "the latest record wins whatever order they came in: {perm:?}"
+            );
+        });
+        // A redelivered record changes nothing.
+        let last = apply(Some(&base), &records[4]).expect("applies");
+        assert_eq!(apply(Some(&last), &records[4]), Err(Skip::NotNewer));
+        // A record alone cannot make a snapshot.
+        assert_eq!(apply(None, &records[0]), Err(Skip::NoSnapshot));
+    }
+
+    #[test]
+    fn webhook_records_have_their_own_message_ids() {
+        let req = with_callback(None);
+        let a = ev(&req, 1, record(3, 1, WebhookState::Retrying, 500)).msg_id();
+        let b = ev(&req, 1, record(3, 1, WebhookState::Failed, 500)).msg_id();
+        let c = ev(&req, 1, record(3, 2, WebhookState::Retrying, 500)).msg_id();
+        assert!(a != b && b != c && a != c);
+        assert!(a.starts_with(&format!("{}.webhook.3.1", req.id)));
     }
 
     fn permute(items: &mut Vec<usize>, k: usize, visit: &mut impl FnMut(&[usize])) {

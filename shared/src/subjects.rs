@@ -35,6 +35,15 @@ pub fn event(kind: &Kind, id: JobId) -> String {
     format!("jobs.events.{kind}.{id}")
 }
 pub const EVENTS_ALL: &str = "jobs.events.>";
+/// The jobs' own event subjects only, without webhook records: the notifier's filter.
+pub const EVENTS_JOBS_ONLY: &str = "jobs.events.*.*";
+
+/// `jobs.events.<kind>.<id>.webhook`: the notifier's delivery records, in `JOB_EVENTS`
+/// (so the status service projects them) but off the job's own subject, on which
+/// processors and the gateway fence their writes.
+pub fn webhook_record(kind: &Kind, id: JobId) -> String {
+    format!("jobs.events.{kind}.{id}.webhook")
+}
 
 /// `jobs.dead.<kind>.<id>`: a job that failed for good, on stream `JOBS_DEAD`, with its
 /// original request as the payload (what `POST /v1/jobs/{id}/retry` re-enqueues).

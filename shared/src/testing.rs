@@ -608,6 +608,8 @@ impl ProcessorHarness {
             timeout_secs: None,
             created_at: crate::job::now(),
             prior_attempts: 0,
+            callback_url: None,
+            callback_events: None,
         };
         let mut events = self
             .client
@@ -634,7 +636,7 @@ impl ProcessorHarness {
             while let Some(message) = events.next().await {
                 let event: crate::JobEvent =
                     serde_json::from_slice(&message.payload).expect("events decode");
-                let terminal = event.change.state().is_terminal();
+                let terminal = event.change.is_terminal();
                 seen.push(event);
                 if terminal {
                     return seen;

@@ -157,6 +157,8 @@ impl Job {
             max_attempts,
             created_at: self.current.created_at,
             at: jetjobs::job::now(),
+            callback_url: self.current.callback_url.clone(),
+            callback_events: self.current.callback_events.clone(),
             change,
         }
     }

@@ -77,6 +77,11 @@ pub struct Config {
     /// it, `503`.
     #[arg(long, env = "JETJOBS_MAX_EVENT_STREAMS", default_value_t = 256)]
     pub max_event_streams: usize,
+    /// Address ranges (comma-separated CIDRs) a callback_url with an IP-literal host may
+    /// point to although they are private, loopback, link-local, ...; all public addresses
+    /// are allowed. Host names are checked by the notifier when it resolves them.
+    #[arg(long, env = "JETJOBS_WEBHOOK_ALLOW", default_value = "")]
+    pub webhook_allow: jetjobs::webhook::AddressPolicy,
 }
 
 impl Config {
@@ -92,6 +97,7 @@ impl Config {
             max_wait_secs: 20,
             sse_keepalive_secs: 15,
             max_event_streams: 256,
+            webhook_allow: jetjobs::webhook::AddressPolicy::default(),
         }
     }
 
@@ -119,6 +125,8 @@ pub struct AppState {
     push: waiting::Push,
     metrics: jetjobs::metrics::ApiMetrics,
     exposition: jetjobs::metrics::Exposition,
+    /// Which callback addresses jobs may name.
+    webhook_allow: jetjobs::webhook::AddressPolicy,
 }
 
 pub fn router(state: AppState, config: &Config) -> Router {
@@ -236,6 +244,7 @@ pub async fn run(
         client: client.clone(),
         js,
         push,
+        webhook_allow: config.webhook_allow.clone(),
     };
     let app = router(state, &config);
     let listener = match listener {

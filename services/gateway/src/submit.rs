@@ -16,6 +16,7 @@ use async_nats::jetstream::{self, context::PublishErrorKind, kv};
 use bytes::Bytes;
 use jetjobs::job::{JobRequest, MAX_ATTEMPTS_LIMIT, MAX_TIMEOUT_SECS, now};
 use jetjobs::subjects::{self, headers};
+use jetjobs::webhook::CallbackEvent;
 use jetjobs::{JobId, JobSnapshot, Kind};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -38,6 +39,12 @@ pub struct SubmitBody {
     pub max_attempts: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
+    /// Where to POST the job's events (webhooks). Absent fields leave the fingerprint of
+    /// a body without them as it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_events: Option<Vec<CallbackEvent>>,
 }
 
 fn empty_object() -> Value {
@@ -100,6 +107,7 @@ pub async fn submit(
             "timeout_secs must be between 1 and {MAX_TIMEOUT_SECS}, got {secs}"
         )));
     }
+    check_callback(state, &body)?;
 
     if let Err(errors) = registered.check(&body.payload) {
         let detail = format!(
@@ -192,6 +200,8 @@ pub async fn submit(
         timeout_secs: body.timeout_secs,
         created_at,
         prior_attempts: 0,
+        callback_url: body.callback_url,
+        callback_events: body.callback_events,
     };
     if let Err(failure) = publish(state, &request).await {
         // Free the id/key only when the server certainly stored nothing. After a timeout
@@ -211,6 +221,34 @@ pub async fn submit(
         snapshot,
         replayed: repeat,
     })
+}
+
+/// A callback must be a well-formed http(s) URL, and an IP literal must not point inside
+/// the network (SSRF). Host names are judged by the notifier on each connection, since
+/// what a name resolves to can change between now and then.
+fn check_callback(state: &AppState, body: &SubmitBody) -> Result<(), ApiError> {
+    let Some(raw) = &body.callback_url else {
+        if body.callback_events.is_some() {
+            return Err(ApiError::invalid(
+                "callback_events was given without a callback_url",
+            ));
+        }
+        return Ok(());
+    };
+    let url = jetjobs::webhook::parse_callback_url(raw)
+        .map_err(|e| ApiError::invalid(e.to_string()).with("field", json!("callback_url")))?;
+    state
+        .webhook_allow
+        .check_url(&url)
+        .map_err(|e| ApiError::invalid(e.to_string()).with("field", json!("callback_url")))?;
+    if body.callback_events.as_ref().is_some_and(Vec::is_empty) {
+        return Err(ApiError::invalid(format!(
+            "callback_events must name at least one of: {}",
+            CallbackEvent::ALL.map(CallbackEvent::as_str).join(", ")
+        ))
+        .with("field", json!("callback_events")));
+    }
+    Ok(())
 }
 
 /// Dies here if the fault-injection suite asked for it (feature `failpoints` only): a

@@ -238,9 +238,10 @@ async fn pause(backoff: &mut Duration, shutdown: &CancellationToken) {
 /// Events of one job always land on the same shard, so they are written in order and
 /// never race each other for the same key.
 fn shard_of(subject: &str, shards: usize) -> usize {
+    // `jobs.events.<kind>.<id>` and the job's webhook records on `….<id>.webhook`.
     subject
-        .rsplit('.')
-        .next()
+        .split('.')
+        .nth(3)
         .and_then(|id| id.parse::<JobId>().ok())
         .map_or(0, |id| (id.as_uuid().as_u128() % shards as u128) as usize)
 }
@@ -442,7 +443,9 @@ mod tests {
         let id = "0193a5b2-0000-7000-8000-00000000002a";
         let a = shard_of(&format!("jobs.events.hash.{id}"), 64);
         let b = shard_of(&format!("jobs.events.other.{id}"), 64);
+        let c = shard_of(&format!("jobs.events.hash.{id}.webhook"), 64);
         assert_eq!(a, b);
+        assert_eq!(a, c, "webhook records go with their job's events");
         assert_eq!(shard_of("jobs.events.hash.not-an-id", 64), 0);
     }
 }

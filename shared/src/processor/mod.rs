@@ -524,7 +524,7 @@ impl Runtime {
     /// delivered to a replica that could not take it, does not use up an attempt.
     async fn prior_runs(&self, request: &JobRequest) -> Prior {
         match self.last_event(&request.kind, request.id).await {
-            Ok(Some((_, event))) if event.change.state().is_terminal() => Prior::Finished,
+            Ok(Some((_, event))) if event.change.is_terminal() => Prior::Finished,
             Ok(Some((seq, event))) => Prior::Last {
                 attempt: event.attempt,
                 seq,
@@ -713,7 +713,7 @@ impl Runtime {
     /// ack without a recorded end would lose the job.
     async fn cancelled(&self, message: &jetstream::Message, request: &JobRequest) {
         match self.last_event(&request.kind, request.id).await {
-            Ok(Some((_, event))) if event.change.state().is_terminal() => {
+            Ok(Some((_, event))) if event.change.is_terminal() => {
                 tracing::info!("Job cancelled by the client; stopped.");
                 self.confirm_ack(message).await;
             }
@@ -895,6 +895,8 @@ impl Runtime {
                 timeout_secs: None,
                 created_at: crate::job::now(),
                 prior_attempts: 0,
+                callback_url: None,
+                callback_events: None,
             };
             let event = JobEvent::new(&request, attempt, Change::Failed { error: reason });
             let failed = self.publish_event(&event, &trace).await.is_stored();
@@ -1058,7 +1060,7 @@ impl Runtime {
                     return Fenced::NotConfirmed;
                 }
             };
-            if last.change.state().is_terminal() {
+            if last.change.is_terminal() {
                 return Fenced::Superseded(Superseded::Finished);
             }
             let newer = last.attempt > fence.attempt

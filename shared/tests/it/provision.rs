@@ -25,7 +25,8 @@ async fn provisioning_is_idempotent_and_describes_what_it_made() {
 
     let first = layout::provision(&js, &layout()).await.expect("provision");
     assert!(first.updated.is_empty() && first.unchanged.is_empty());
-    assert_eq!(first.created.len(), 3 + 3 + 2, "{first}");
+    // Streams, buckets, and the processor, status and notifier consumers.
+    assert_eq!(first.created.len(), 3 + 3 + 3, "{first}");
 
     let again = layout::provision(&js, &layout())
         .await
@@ -48,6 +49,17 @@ async fn provisioning_is_idempotent_and_describes_what_it_made() {
             .map(String::as_str),
         Some("jetjobs")
     );
+    let events = js.get_stream("JOB_EVENTS").await.expect("JOB_EVENTS");
+    let notifier = events
+        .consumer_info(layout::NOTIFIER_CONSUMER)
+        .await
+        .expect("notifier consumer");
+    // Not its own records: `jobs.events.<kind>.<id>.webhook` stays out.
+    assert_eq!(
+        notifier.config.filter_subjects,
+        vec!["jobs.events.*.*".to_string()]
+    );
+    assert_eq!(notifier.config.max_deliver, -1);
     let consumer = jobs
         .consumer_info("processor-test")
         .await
@@ -98,6 +110,17 @@ async fn changed_limits_are_updated_and_a_new_kind_widens_the_filter() {
 
     let jobs = js.get_stream("JOBS").await.expect("JOBS");
     assert_eq!(jobs.cached_info().config.max_messages, 500);
+    let events = js.get_stream("JOB_EVENTS").await.expect("JOB_EVENTS");
+    let notifier = events
+        .consumer_info(layout::NOTIFIER_CONSUMER)
+        .await
+        .expect("notifier consumer");
+    // Not its own records: `jobs.events.<kind>.<id>.webhook` stays out.
+    assert_eq!(
+        notifier.config.filter_subjects,
+        vec!["jobs.events.*.*".to_string()]
+    );
+    assert_eq!(notifier.config.max_deliver, -1);
     let consumer = jobs
         .consumer_info("processor-test")
         .await

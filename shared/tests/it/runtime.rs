@@ -127,6 +127,8 @@ impl Harness {
             timeout_secs: None,
             created_at: now(),
             prior_attempts: 0,
+            callback_url: None,
+            callback_events: None,
         };
         self.js
             .publish(

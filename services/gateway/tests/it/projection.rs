@@ -70,6 +70,8 @@ async fn shuffled_and_repeated_events_end_in_the_right_state_without_regressions
             timeout_secs: None,
             created_at: now(),
             prior_attempts: 0,
+            callback_url: None,
+            callback_events: None,
         })
         .collect();
 

@@ -218,6 +218,54 @@ async fn a_rebuilt_bucket_equals_the_live_one() {
     }
     jobs.push(Expect::new(keyed.expect("keyed job"), "succeeded"));
 
+    // Jobs with a callback, delivered by a notifier: the callback travels in every event,
+    // and the notifier's delivery records (on their own subject) are projected too; the
+    // rebuild must reproduce both. The receiver fails its first request, so one job's
+    // webhook needs a retry. `localhost`: the gateway leaves names to the notifier, which
+    // allow-lists loopback here.
+    let receiver = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the receiver");
+    let hook = format!(
+        "http://localhost:{}/hook",
+        receiver.local_addr().expect("addr").port()
+    );
+    let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let app = axum::Router::new().fallback(move || {
+        let n = requests.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async move {
+            if n == 0 {
+                StatusCode::INTERNAL_SERVER_ERROR
+            } else {
+                StatusCode::OK
+            }
+        }
+    });
+    tokio::spawn(async move { axum::serve(receiver, app).await });
+    let mut notifier = jetjobs_notifier::Config::local(
+        &system.nats.url(),
+        &jetjobs::webhook::Secret::from_bytes(vec![1_u8; 32]).to_whsec(),
+    );
+    notifier.allow = "127.0.0.0/8,::1/128".parse().expect("allow list");
+    notifier.retry_base_ms = 50;
+    notifier.retry_max_ms = 200;
+    let stop_notifier = CancellationToken::new();
+    let notifier_task = tokio::spawn(jetjobs_notifier::run(notifier, stop_notifier.clone()));
+    let mut hooked = Vec::new();
+    for events in [json!(null), json!(["started", "succeeded"])] {
+        let mut body = json!({"kind": "noop", "callback_url": hook});
+        if !events.is_null() {
+            body["callback_events"] = events;
+        }
+        let id = post_job(&system, body).await;
+        // One at a time, so the receiver's failure goes to the first job's `succeeded`.
+        system
+            .wait_for(&id, wait, |s| s["webhook"]["state"] == "delivered")
+            .await;
+        hooked.push(id.clone());
+        jobs.push(Expect::new(id, "succeeded"));
+    }
+
     for job in &jobs {
         // A retried job was terminal before: wait for the end of its last series.
         let done = system
@@ -227,8 +275,24 @@ async fn a_rebuilt_bucket_equals_the_live_one() {
             .await;
         assert_eq!(done["state"], job.state, "{done}");
     }
+    for id in &hooked {
+        let done = system
+            .wait_for(id, wait, |s| s["webhook"]["state"] == "delivered")
+            .await;
+        assert_eq!(done["callback_url"], hook.as_str(), "{done}");
+    }
+    stop_notifier.cancel();
+    notifier_task
+        .await
+        .expect("notifier task")
+        .expect("the notifier stops cleanly");
     projection_idle(&system).await;
     let live = contents(&system.js, "job_status").await;
+    assert_eq!(
+        live[&hooked[0]]["webhook"]["attempts"], 2,
+        "the first webhook was retried"
+    );
+    assert_eq!(live[&hooked[1]]["webhook"]["event"], "succeeded");
     assert_eq!(live.len(), jobs.len(), "one snapshot per job");
     // The workload did what it is meant to: retries, and failures after retries.
     assert!(

@@ -155,6 +155,8 @@ pub fn request(kind: &str) -> JobRequest {
         timeout_secs: None,
         created_at: now(),
         prior_attempts: 0,
+        callback_url: None,
+        callback_events: None,
     }
 }
 

@@ -1,0 +1,361 @@
+//! A jetjobs system for webhook scenarios: a real nats-server, the gateway, processor-io,
+//! the status service and (optionally) the notifier, in-process; and receivers, real
+//! HTTP servers on 127.0.0.1.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use jetjobs::layout::{self, Layout};
+use jetjobs::testing::NatsServer;
+use jetjobs::webhook::Secret;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The two active secrets every scenario signs with (a rotation in progress).
+pub fn secrets() -> [Secret; 2] {
+    [
+        Secret::from_bytes(b"an-old-secret-of-32-bytes-length".to_vec()),
+        Secret::from_bytes(b"the-new-secret-also-32-bytes-ok!".to_vec()),
+    ]
+}
+
+pub fn secrets_env() -> String {
+    secrets()
+        .iter()
+        .map(Secret::to_whsec)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// One service running in-process, stopped on drop.
+pub struct Component {
+    shutdown: CancellationToken,
+    _handle: JoinHandle<()>,
+}
+
+impl Component {
+    pub fn spawn<F>(name: &'static str, run: impl FnOnce(CancellationToken) -> F) -> Self
+    where
+        F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let shutdown = CancellationToken::new();
+        let future = run(shutdown.clone());
+        let handle = tokio::spawn(async move {
+            if let Err(e) = future.await {
+                panic!("{name} failed: {e:#}");
+            }
+        });
+        Self {
+            shutdown,
+            _handle: handle,
+        }
+    }
+}
+
+impl Drop for Component {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub struct Options {
+    /// Run the notifier in-process (off for scenarios that spawn its binary).
+    pub notifier: bool,
+    /// `JETJOBS_WEBHOOK_ALLOW` of the notifier.
+    pub notifier_allow: &'static str,
+    pub notifier_ack_wait: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            notifier: true,
+            notifier_allow: "127.0.0.0/8",
+            notifier_ack_wait: Duration::from_secs(60),
+        }
+    }
+}
+
+pub struct System {
+    pub nats: NatsServer,
+    pub js: jetstream::Context,
+    pub http: reqwest::Client,
+    pub base: String,
+    _services: Vec<Component>,
+}
+
+impl System {
+    pub async fn start() -> Self {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(options: Options) -> Self {
+        let nats = NatsServer::start();
+        let js = jetstream::new(nats.client().await);
+        let layout = Layout {
+            processors: vec![jetjobs_processor_io::spec()],
+            notifier_ack_wait: options.notifier_ack_wait,
+            ..Layout::default()
+        };
+        layout::provision(&js, &layout).await.expect("provision");
+        let url = nats.url();
+
+        let mut status = jetjobs_status::Config::local(&url);
+        status.shards = 8;
+        let mut io = jetjobs_processor_io::Config::local(url.clone());
+        io.runtime.retry_base_ms = 50;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let mut gateway = jetjobs_gateway::Config::local(&url);
+        // Receivers listen on 127.0.0.1: allow-list loopback (never 169.254.169.254).
+        gateway.webhook_allow = "127.0.0.0/8".parse().expect("allow list");
+        let mut services = vec![
+            Component::spawn("status", move |s| jetjobs_status::run(status, s)),
+            Component::spawn("processor-io", move |s| jetjobs_processor_io::run(io, s)),
+            Component::spawn("gateway", move |s| {
+                jetjobs_gateway::run(gateway, Some(listener), s)
+            }),
+        ];
+        if options.notifier {
+            let mut config = notifier_config(&url);
+            config.allow = options.notifier_allow.parse().expect("allow list");
+            services.push(Component::spawn("notifier", move |s| {
+                jetjobs_notifier::run(config, s)
+            }));
+        }
+        let system = Self {
+            nats,
+            js,
+            http: reqwest::Client::new(),
+            base,
+            _services: services,
+        };
+        system.wait_for_kinds(&["noop", "sleep"]).await;
+        system
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn wait_for_kinds(&self, kinds: &[&str]) {
+        let bucket = self
+            .js
+            .get_key_value(layout::KINDS_BUCKET)
+            .await
+            .expect("job_kinds");
+        eventually(Duration::from_secs(20), || async {
+            for kind in kinds {
+                bucket.get(*kind).await.ok().flatten()?;
+            }
+            Some(())
+        })
+        .await
+        .expect("processor-io registered its kinds");
+    }
+
+    pub async fn post(&self, body: &Value) -> reqwest::Response {
+        self.http
+            .post(self.url("/v1/jobs"))
+            .json(body)
+            .send()
+            .await
+            .expect("POST /v1/jobs")
+    }
+
+    /// Submits a job with a callback and returns its id.
+    pub async fn submit_with_callback(&self, kind: &str, payload: Value, callback: &str) -> String {
+        let response = self
+            .post(&json!({"kind": kind, "payload": payload, "callback_url": callback}))
+            .await;
+        assert_eq!(response.status(), 202, "submit {kind}");
+        let body: Value = response.json().await.expect("snapshot");
+        body["id"].as_str().expect("id").to_string()
+    }
+
+    pub async fn get_job(&self, id: &str) -> Value {
+        self.http
+            .get(self.url(&format!("/v1/jobs/{id}")))
+            .send()
+            .await
+            .expect("GET job")
+            .json()
+            .await
+            .expect("snapshot")
+    }
+
+    /// Polls the job until its webhook is `state`, and returns the snapshot.
+    pub async fn wait_for_webhook(&self, id: &str, state: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let job = self.get_job(id).await;
+            if job["webhook"]["state"] == state {
+                return job;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {id}'s webhook never became {state}: {job}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A notifier configured for tests: quick retries, both secrets.
+pub fn notifier_config(url: &str) -> jetjobs_notifier::Config {
+    let mut config = jetjobs_notifier::Config::local(url, &secrets_env());
+    config.retry_base_ms = 50;
+    config.retry_max_ms = 200;
+    config.timeout_secs = 2;
+    config
+}
+
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut probe: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One request a receiver got, and what it answered.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub answered: u16,
+    pub at: Instant,
+}
+
+impl Delivery {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_else(|| panic!("delivery without {name}"))
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("a JSON body")
+    }
+}
+
+/// A scripted answer: status and extra headers.
+pub type Answer = (u16, Vec<(&'static str, String)>);
+
+#[derive(Default)]
+struct ReceiverState {
+    script: VecDeque<Answer>,
+    deliveries: Vec<Delivery>,
+    delay: Duration,
+}
+
+/// A webhook receiver: answers from its script, then `200`, and remembers every request.
+#[derive(Clone)]
+pub struct Receiver {
+    pub base: String,
+    state: Arc<Mutex<ReceiverState>>,
+    _shutdown: Arc<ShutdownOnDrop>,
+}
+
+struct ShutdownOnDrop(CancellationToken);
+
+impl Drop for ShutdownOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+impl Receiver {
+    pub async fn start(script: Vec<Answer>) -> Self {
+        Self::start_slow(script, Duration::ZERO).await
+    }
+
+    /// Every answer waits `delay` first.
+    pub async fn start_slow(script: Vec<Answer>, delay: Duration) -> Self {
+        let state = Arc::new(Mutex::new(ReceiverState {
+            script: script.into(),
+            deliveries: Vec::new(),
+            delay,
+        }));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let shared = Arc::clone(&state);
+        let app = axum::Router::new().fallback(
+            move |uri: axum::http::Uri, headers: HeaderMap, body: Bytes| {
+                let state = Arc::clone(&shared);
+                async move { answer(state, uri.path().to_string(), headers, body).await }
+            },
+        );
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+                .expect("receiver serves");
+        });
+        Self {
+            base: format!("http://127.0.0.1:{port}"),
+            state,
+            _shutdown: Arc::new(ShutdownOnDrop(shutdown)),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        self.state
+            .lock()
+            .expect("receiver state")
+            .deliveries
+            .clone()
+    }
+}
+
+async fn answer(
+    state: Arc<Mutex<ReceiverState>>,
+    path: String,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let delay = state.lock().expect("receiver state").delay;
+    tokio::time::sleep(delay).await;
+    let mut state = state.lock().expect("receiver state");
+    let (status, extra) = state.script.pop_front().unwrap_or((200, Vec::new()));
+    state.deliveries.push(Delivery {
+        path,
+        headers,
+        body,
+        answered: status,
+        at: Instant::now(),
+    });
+    let mut response = StatusCode::from_u16(status)
+        .expect("a status")
+        .into_response();
+    for (name, value) in extra {
+        response
+            .headers_mut()
+            .insert(name, value.parse().expect("header value"));
+    }
+    response
+}
