@@ -79,7 +79,7 @@ cat <<MSG
 
 jetjobs is running.
   gateway:  http://${GATEWAY_ADDR}   (metrics http://${GATEWAY_ADDR}/metrics)
-  metrics:  status http://127.0.0.1:9101/metrics, processor-io :9102, processor-cpu :9103
+  metrics:  status http://127.0.0.1:9101/metrics, processor-io :9102, processor-cpu :9103, notifier :9104
   NATS:     ${NATS_URL}   (monitoring http://127.0.0.1:${NATS_MONITOR_PORT})
   logs:     ${RUN_DIR}/logs/
 

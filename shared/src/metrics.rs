@@ -357,6 +357,39 @@ pub async fn spawn_admin(
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: String,
+}
+
+/// The notifier's deliveries.
+#[derive(Clone, Debug)]
+pub struct WebhookMetrics {
+    deliveries: Family<OutcomeLabel, Counter>,
+}
+
+impl WebhookMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            deliveries: Family::default(),
+        };
+        registry.register(
+            "jetjobs_webhook_deliveries",
+            "Webhook delivery attempts recorded, by outcome: delivered, retrying or failed",
+            metrics.deliveries.clone(),
+        );
+        metrics
+    }
+
+    pub fn count(&self, outcome: &str) {
+        self.deliveries
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabel {
     pub method: String,
     /// The route template (`/v1/jobs/{id}`), never the raw path: one series per route.

@@ -23,6 +23,7 @@ use crate::retry::{self, parse_retry_after};
 const RECORD_RETRY: Duration = Duration::from_secs(2);
 
 pub struct Deliverer {
+    pub metrics: jetjobs::metrics::WebhookMetrics,
     pub js: jetstream::Context,
     pub http: reqwest::Client,
     pub secrets: Vec<Secret>,
@@ -144,8 +145,17 @@ impl Deliverer {
             error = record.error.as_deref().unwrap_or(""),
             "Webhook attempt."
         );
+        let counted = match record.outcome {
+            WebhookState::Delivered => "delivered",
+            WebhookState::Retrying => "retrying",
+            WebhookState::Failed => "failed",
+            WebhookState::Pending => "pending",
+        };
         match self.record(&event, record).await {
-            Ok(()) => answer(&message, reply).await,
+            Ok(()) => {
+                self.metrics.count(counted);
+                answer(&message, reply).await;
+            }
             Err(e) => {
                 // Unrecorded, the attempt will be made again: at least once, never lost.
                 tracing::warn!(job_id = %event.job_id, error = %e, "Could not record a webhook attempt; the event will come again.");

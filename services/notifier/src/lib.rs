@@ -18,6 +18,7 @@ use anyhow::Context as _;
 use async_nats::jetstream;
 use jetjobs::config::NatsArgs;
 use jetjobs::layout::{self, Requirement};
+use jetjobs::metrics;
 use jetjobs::webhook::{self, AddressPolicy};
 use tokio_util::sync::CancellationToken;
 
@@ -72,6 +73,8 @@ pub struct Config {
     /// handed back.
     #[arg(long, env = "JETJOBS_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
+    #[command(flatten)]
+    pub admin: jetjobs::metrics::AdminArgs,
 }
 
 impl Config {
@@ -87,6 +90,7 @@ impl Config {
             retry_for_secs: 86_400,
             allow: AddressPolicy::default(),
             shutdown_grace_secs: 2,
+            admin: jetjobs::metrics::AdminArgs::default(),
         }
     }
 }
@@ -120,7 +124,27 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .get_consumer(layout::NOTIFIER_CONSUMER)
         .await
         .map_err(|e| anyhow::anyhow!("opening consumer notifier: {e}"))?;
+    let mut registry = metrics::Registry::default();
+    let deliveries = metrics::WebhookMetrics::register(&mut registry);
+    let consumers = metrics::ConsumerGauges::register(
+        &mut registry,
+        js.clone(),
+        vec![(
+            layout::EVENTS_STREAM.to_string(),
+            layout::NOTIFIER_CONSUMER.to_string(),
+        )],
+    );
+    let admin = CancellationToken::new();
+    metrics::spawn_admin(
+        &config.admin,
+        metrics::Exposition::new(registry, Some(consumers)),
+        admin.clone(),
+    )
+    .await
+    .context("starting the admin server")?;
+    let _admin = admin.drop_guard();
     let deliverer = deliver::Deliverer {
+        metrics: deliveries,
         js,
         http,
         secrets,

@@ -68,6 +68,36 @@ async fn a_receiver_that_fails_twice_gets_one_acknowledged_delivery_signed_by_ev
         assert_eq!(body["data"]["state"], "succeeded");
         assert!(body["timestamp"].is_string());
     }
+
+    // The notifier's /metrics counts each recorded attempt by outcome (just after it is
+    // recorded, so possibly a moment after the snapshot shows it).
+    let admin = system.notifier_admin.expect("the notifier's admin port");
+    let expected = [("retrying", 2), ("delivered", 1)];
+    let text = eventually(WAIT, || async {
+        let text = system
+            .http
+            .get(format!("http://{admin}/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        expected
+            .iter()
+            .all(|(outcome, count)| {
+                let line =
+                    format!("jetjobs_webhook_deliveries_total{{outcome=\"{outcome}\"}} {count}");
+                text.lines().any(|l| l == line)
+            })
+            .then_some(text)
+    })
+    .await
+    .expect("/metrics counts 2 retrying and 1 delivered attempt");
+    assert!(
+        !text.contains(r#"outcome="failed""#),
+        "nothing failed:\n{text}"
+    );
 }
 
 #[tokio::test]

@@ -88,6 +88,8 @@ pub struct System {
     pub js: jetstream::Context,
     pub http: reqwest::Client,
     pub base: String,
+    /// Where the in-process notifier serves `/metrics`.
+    pub notifier_admin: Option<std::net::SocketAddr>,
     _services: Vec<Component>,
 }
 
@@ -123,9 +125,15 @@ impl System {
                 jetjobs_gateway::run(gateway, Some(listener), s)
             }),
         ];
+        let mut notifier_admin = None;
         if options.notifier {
             let mut config = notifier_config(&url);
             config.allow = options.notifier_allow.parse().expect("allow list");
+            let admin = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port");
+            config.admin.admin_listen = Some(admin);
+            notifier_admin = Some(admin);
             services.push(Component::spawn("notifier", move |s| {
                 jetjobs_notifier::run(config, s)
             }));
@@ -135,6 +143,7 @@ impl System {
             js,
             http: reqwest::Client::new(),
             base,
+            notifier_admin,
             _services: services,
         };
         system.wait_for_kinds(&["noop", "sleep"]).await;

@@ -57,6 +57,11 @@ async fn the_gateway_refuses_bad_and_internal_callbacks() {
             "user name",
         ),
         (&system.base, "example.com/hook", "absolute"),
+        (
+            &system.base,
+            "https://example.com/hook",
+            "https callbacks are not supported yet",
+        ),
     ];
     for (base, callback, expected) in cases {
         let (status, body) = problem(
