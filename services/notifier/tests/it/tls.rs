@@ -78,3 +78,24 @@ async fn an_https_receiver_with_an_untrusted_certificate_is_retried_with_a_tls_e
         "nothing was sent over an untrusted connection"
     );
 }
+
+#[tokio::test]
+async fn a_ca_file_that_holds_no_certificate_stops_the_notifier_at_start() {
+    let mut empty = tempfile::NamedTempFile::new().expect("a temp file");
+    std::io::Write::write_all(&mut empty, b"not a certificate\n").expect("write");
+    let missing = empty.path().with_extension("missing");
+    for path in [empty.path().to_path_buf(), missing] {
+        let mut config = crate::harness::notifier_config("nats://127.0.0.1:1");
+        config.ca_file = Some(path.clone());
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let error = tokio::time::timeout(WAIT, jetjobs_notifier::run(config, shutdown))
+            .await
+            .expect("fails fast")
+            .expect_err("refuses to start");
+        let text = format!("{error:#}");
+        assert!(
+            text.contains(&path.display().to_string()),
+            "names the file: {text}"
+        );
+    }
+}
