@@ -8,6 +8,10 @@
 
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
+use http::header;
+use http_body_util::{BodyExt as _, Full, Limited};
+
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind};
 use chrono::Utc;
@@ -22,12 +26,20 @@ use crate::retry::{self, parse_retry_after};
 /// How long a record that could not be stored waits before the event is tried again.
 const RECORD_RETRY: Duration = Duration::from_secs(2);
 
+/// How much of a response body is read (and thrown away) so the connection can be
+/// reused; a longer body closes the connection instead.
+const DRAIN_LIMIT: usize = 16 * 1024;
+
+const USER_AGENT: &str = concat!("jetjobs-notifier/", env!("CARGO_PKG_VERSION"));
+
 pub struct Deliverer {
     pub metrics: jetjobs::metrics::WebhookMetrics,
     pub js: jetstream::Context,
-    pub http: reqwest::Client,
+    pub http: client::HttpClient,
     pub secrets: Vec<Secret>,
     pub policy: AddressPolicy,
+    /// One delivery (resolve, connect, TLS, send, response head) must finish within it.
+    pub timeout: Duration,
     pub retry: retry::Policy,
 }
 
@@ -181,14 +193,6 @@ impl Deliverer {
                 };
             }
         };
-        if url.scheme() == "https" {
-            return Outcome::Failed {
-                status: None,
-                error: "https callbacks are not supported by this notifier build yet (no TLS); \
-                        use an http callback behind your own TLS-terminating proxy"
-                    .into(),
-            };
-        }
         // Names are checked by the resolver; a literal address never reaches it.
         if let Err(e) = self.policy.check_url(&url) {
             return Outcome::Failed {
@@ -207,19 +211,26 @@ impl Deliverer {
         };
         let timestamp = Utc::now().timestamp();
         let signature = webhook::sign(&self.secrets, webhook_id, timestamp, &body);
-        let sent = self
-            .http
-            .post(url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
+        let request = http::Request::post(url.as_str())
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::USER_AGENT, USER_AGENT)
             .header(webhook::headers::ID, webhook_id)
             .header(webhook::headers::TIMESTAMP, timestamp.to_string())
             .header(webhook::headers::SIGNATURE, signature)
-            .body(body)
-            .send()
-            .await;
-        let response = match sent {
-            Ok(response) => response,
+            .body(Full::new(Bytes::from(body)));
+        let request = match request {
+            Ok(request) => request,
             Err(e) => {
+                return Outcome::Failed {
+                    status: None,
+                    error: format!("cannot build the request: {e}"),
+                };
+            }
+        };
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let response = match tokio::time::timeout_at(deadline, self.http.request(request)).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(e)) => {
                 if let Some(refused) = client::refusal(&e) {
                     return Outcome::Failed {
                         status: None,
@@ -232,10 +243,25 @@ impl Deliverer {
                     retry_after: None,
                 };
             }
+            Err(_) => {
+                return Outcome::Retry {
+                    status: None,
+                    error: format!("timed out after {} s", self.timeout.as_secs()),
+                    retry_after: None,
+                };
+            }
         };
-        // The response body is not read: only the status matters, and a receiver must
-        // not be able to hold a slot by sending one slowly.
         let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        // Only the status matters. A short body is read, within what is left of the
+        // timeout, so the connection goes back to the pool; a long or slow one is
+        // dropped with its connection, so a receiver cannot hold a slot or our memory.
+        let drain = Limited::new(response.into_body(), DRAIN_LIMIT).collect();
+        let _ = tokio::time::timeout_at(deadline, drain).await;
         let code = status.as_u16();
         if status.is_success() {
             Outcome::Delivered(code)
@@ -245,11 +271,6 @@ impl Deliverer {
                 error: format!("the receiver answered {status}; redirects are not followed"),
             }
         } else if code == 408 || code == 429 || status.is_server_error() {
-            let retry_after = response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| parse_retry_after(v, SystemTime::now()));
             Outcome::Retry {
                 status: Some(code),
                 error: format!("the receiver answered {status}"),
@@ -303,12 +324,10 @@ fn body(event: &JobEvent) -> Result<Vec<u8>, serde_json::Error> {
     }))
 }
 
-/// A transport error with its causes (reqwest's own text is often just "error sending
-/// request").
-fn describe(error: &reqwest::Error) -> String {
-    let kind = if error.is_timeout() {
-        "timed out"
-    } else if error.is_connect() {
+/// A transport error with its causes (hyper's own text is often just "client error
+/// (Connect)"); a certificate the notifier does not trust shows here as rustls' reason.
+fn describe(error: &hyper_util::client::legacy::Error) -> String {
+    let kind = if error.is_connect() {
         "could not connect"
     } else {
         "request failed"

@@ -69,6 +69,10 @@ pub struct Config {
     /// private, loopback, link-local, ...; every public address is allowed.
     #[arg(long, env = "JETJOBS_WEBHOOK_ALLOW", default_value = "")]
     pub allow: AddressPolicy,
+    /// A PEM file of CA certificates trusted for https callbacks besides the system's
+    /// (receivers with certificates of a private CA).
+    #[arg(long, env = "JETJOBS_WEBHOOK_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
     /// On shutdown, how long in-flight deliveries may take to finish before they are
     /// handed back.
     #[arg(long, env = "JETJOBS_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
@@ -89,6 +93,7 @@ impl Config {
             retry_after_max_secs: 3_600,
             retry_for_secs: 86_400,
             allow: AddressPolicy::default(),
+            ca_file: None,
             shutdown_grace_secs: 2,
             admin: jetjobs::metrics::AdminArgs::default(),
         }
@@ -149,6 +154,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         http,
         secrets,
         policy: config.allow.clone(),
+        timeout: Duration::from_secs(config.timeout_secs),
         retry: retry::Policy {
             base: Duration::from_millis(config.retry_base_ms),
             max: Duration::from_millis(config.retry_max_ms),

@@ -71,6 +71,8 @@ pub struct Options {
     /// `JETJOBS_WEBHOOK_ALLOW` of the notifier.
     pub notifier_allow: &'static str,
     pub notifier_ack_wait: Duration,
+    /// `JETJOBS_WEBHOOK_CA_FILE` of the notifier.
+    pub notifier_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -79,6 +81,7 @@ impl Default for Options {
             notifier: true,
             notifier_allow: "127.0.0.0/8",
             notifier_ack_wait: Duration::from_secs(60),
+            notifier_ca_file: None,
         }
     }
 }
@@ -129,6 +132,7 @@ impl System {
         if options.notifier {
             let mut config = notifier_config(&url);
             config.allow = options.notifier_allow.parse().expect("allow list");
+            config.ca_file = options.notifier_ca_file.clone();
             let admin = std::net::TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
                 .expect("a free port");
@@ -299,6 +303,19 @@ impl Receiver {
 
     /// Every answer waits `delay` first.
     pub async fn start_slow(script: Vec<Answer>, delay: Duration) -> Self {
+        Self::serve(script, delay, None).await
+    }
+
+    /// An https receiver at `https://localhost:<port>`, presenting `cert`.
+    pub async fn start_https(script: Vec<Answer>, cert: &TestCert) -> Self {
+        Self::serve(script, Duration::ZERO, Some(cert.acceptor())).await
+    }
+
+    async fn serve(
+        script: Vec<Answer>,
+        delay: Duration,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Self {
         let state = Arc::new(Mutex::new(ReceiverState {
             script: script.into(),
             deliveries: Vec::new(),
@@ -315,14 +332,20 @@ impl Receiver {
         );
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-                .expect("receiver serves");
-        });
+        let base = if let Some(acceptor) = tls {
+            tokio::spawn(serve_tls(listener, acceptor, app, stop));
+            format!("https://localhost:{port}")
+        } else {
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+                    .expect("receiver serves");
+            });
+            format!("http://127.0.0.1:{port}")
+        };
         Self {
-            base: format!("http://127.0.0.1:{port}"),
+            base,
             state,
             _shutdown: Arc::new(ShutdownOnDrop(shutdown)),
         }
@@ -367,4 +390,68 @@ async fn answer(
             .insert(name, value.parse().expect("header value"));
     }
     response
+}
+
+/// Accepts TLS connections until `stop`, each served by `app` over HTTP/1.1. A failed
+/// handshake (a client that does not trust the certificate) only ends that connection.
+async fn serve_tls(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    app: axum::Router,
+    stop: CancellationToken,
+) {
+    loop {
+        let (tcp, _) = tokio::select! {
+            () = stop.cancelled() => return,
+            accepted = listener.accept() => accepted.expect("accept"),
+        };
+        let acceptor = acceptor.clone();
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service);
+            tokio::select! {
+                () = stop.cancelled() => {}
+                _ = connection => {}
+            }
+        });
+    }
+}
+
+/// A self-signed certificate for `localhost`, and a PEM file holding it (what
+/// `JETJOBS_WEBHOOK_CA_FILE` points at to trust it).
+pub struct TestCert {
+    key: rcgen::CertifiedKey<rcgen::KeyPair>,
+    pem_file: tempfile::NamedTempFile,
+}
+
+impl TestCert {
+    pub fn new() -> Self {
+        let key = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
+            .expect("a self-signed certificate");
+        let mut pem_file = tempfile::NamedTempFile::new().expect("a temp file");
+        std::io::Write::write_all(&mut pem_file, key.cert.pem().as_bytes()).expect("write PEM");
+        Self { key, pem_file }
+    }
+
+    pub fn pem_path(&self) -> std::path::PathBuf {
+        self.pem_file.path().to_path_buf()
+    }
+
+    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let key =
+            rustls_pki_types::PrivateKeyDer::Pkcs8(self.key.signing_key.serialize_der().into());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![self.key.cert.der().clone()], key)
+            .expect("a server certificate");
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    }
 }

@@ -4,3 +4,4 @@ mod crash;
 mod delivery;
 mod harness;
 mod ssrf;
+mod tls;
