@@ -108,7 +108,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         !secrets.is_empty(),
         "JETJOBS_WEBHOOK_SECRETS names no secret; webhooks are always signed"
     );
-    let http = client::build(&config)?;
+    // Reading the system's CA certificates is file I/O: off the async runtime.
+    let http = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || client::build(&config))
+            .await
+            .context("building the HTTP client")??
+    };
     let client = config.nats.connect(NAME).await?;
     let js = jetstream::new(client.clone());
     layout::require(
