@@ -356,17 +356,7 @@ fn free_port() -> std::net::SocketAddr {
         .expect("a free port")
 }
 
-/// The value of one sample in a Prometheus text exposition, if present.
-fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
-    let prefix = if labels.is_empty() {
-        format!("{name} ")
-    } else {
-        format!("{name}{{{labels}}} ")
-    };
-    text.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .and_then(|value| value.trim().parse().ok())
-}
+use jetjobs::testing::metric_sample as sample;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_every_outcome_by_kind() {

@@ -10,23 +10,7 @@ use futures::StreamExt as _;
 use jetjobs::layout;
 use serde_json::Value;
 
-/// Retries `probe` until it yields a value or `timeout` passes.
-pub async fn eventually<T, F, Fut>(timeout: Duration, mut probe: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe().await {
-            return Some(value);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+pub use jetjobs::testing::eventually;
 
 /// Where a snapshot stands: `(attempt, step)`, as the state machine orders them.
 fn position(snapshot: &Value) -> (u64, u8) {

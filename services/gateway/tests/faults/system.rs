@@ -138,23 +138,7 @@ pub async fn wait_for_kinds(js: &jetstream::Context, kinds: &[&str]) {
     .expect("processors registered their kinds");
 }
 
-/// Retries `probe` until it yields a value or `timeout` passes.
-pub async fn eventually<T, F, Fut>(timeout: Duration, mut probe: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe().await {
-            return Some(value);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+pub use jetjobs::testing::eventually;
 
 /// An HTTP client that gives up on a pooled connection before the gateway's header
 /// timeout closes it, as a well-behaved client of a server with idle timeouts does.

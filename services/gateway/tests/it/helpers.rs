@@ -298,23 +298,7 @@ pub fn start_cpu(url: &str, concurrency: usize) -> Component {
     })
 }
 
-/// Retries `probe` until it yields a value or `timeout` passes.
-pub async fn eventually<T, F, Fut>(timeout: Duration, mut probe: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe().await {
-            return Some(value);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+pub use jetjobs::testing::eventually;
 
 /// A service binary built next to this test (`cargo build --bins` builds them).
 pub fn service_binary(name: &str) -> PathBuf {

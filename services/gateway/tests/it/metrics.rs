@@ -8,13 +8,7 @@ use serde_json::json;
 
 use crate::helpers::{System, eventually};
 
-/// The value of one sample in a Prometheus/OpenMetrics text exposition, if present.
-fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
-    let prefix = format!("{name}{{{labels}}} ");
-    text.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .and_then(|value| value.trim().parse().ok())
-}
+use jetjobs::testing::metric_sample as sample;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_show_submissions_requests_and_queues() {

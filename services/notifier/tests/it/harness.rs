@@ -230,22 +230,7 @@ pub fn notifier_config(url: &str) -> jetjobs_notifier::Config {
     config
 }
 
-pub async fn eventually<T, F, Fut>(timeout: Duration, mut probe: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe().await {
-            return Some(value);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+pub use jetjobs::testing::eventually;
 
 /// One request a receiver got, and what it answered.
 #[derive(Clone, Debug)]

@@ -8,12 +8,7 @@ use jetjobs::state::{Change, JobEvent};
 
 use crate::helpers::{Setup, Status, request};
 
-fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
-    let prefix = format!("{name}{{{labels}}} ");
-    text.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .and_then(|value| value.trim().parse().ok())
-}
+use jetjobs::testing::metric_sample as sample;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_port_shows_the_projector_backlog() {
