@@ -81,7 +81,7 @@ impl LayoutArgs {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    jetjobs::telemetry::init("admin");
+    jetjobs::telemetry::init_logs("admin");
     match cli.command {
         Command::Provision(args) => {
             let client = cli.nats.connect("admin").await?;

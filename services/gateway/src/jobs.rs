@@ -304,9 +304,11 @@ fn count_submission(state: &AppState, kind: &jetjobs::Kind, job: &Accepted) {
 }
 
 pub fn parse_id(raw: &str) -> Result<JobId, ApiError> {
-    raw.parse::<JobId>().map_err(|e| {
+    let id = raw.parse::<JobId>().map_err(|e| {
         ApiError::bad_request(format!("{raw:?} is not a job id (a UUID is expected): {e}"))
-    })
+    })?;
+    crate::telemetry::note_job(id);
+    Ok(id)
 }
 
 fn idempotency_key(value: &HeaderValue) -> Result<String, ApiError> {

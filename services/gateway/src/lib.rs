@@ -15,6 +15,7 @@ mod nats_guard;
 pub mod serve;
 mod sse;
 mod submit;
+mod telemetry;
 mod waiting;
 mod watch;
 mod ws;
@@ -172,7 +173,12 @@ pub fn router(state: AppState, config: &Config) -> Router {
             state.clone(),
             metrics::record,
         ))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        // Also a `Router::layer`: the span is named for the matched route.
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(telemetry::request_span)
+                .on_response(telemetry::on_response),
+        )
         .with_state(state)
 }
 

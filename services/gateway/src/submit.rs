@@ -178,6 +178,7 @@ pub async fn submit(
             }
         }
     };
+    crate::telemetry::note_job(id);
 
     if repeat {
         // The job may be long finished and gone from JOBS: never publish it again if

@@ -17,8 +17,9 @@ use async_nats::jetstream::{self, AckKind};
 use chrono::Utc;
 use jetjobs::state::{self, JobEvent};
 use jetjobs::subjects::{self, headers};
-use jetjobs::webhook::{self, AddressPolicy, Secret, WebhookRecord, WebhookState};
+use jetjobs::webhook::{self, AddressPolicy, CallbackEvent, Secret, WebhookRecord, WebhookState};
 use serde_json::json;
+use tracing::Instrument as _;
 
 use crate::client;
 use crate::retry::{self, parse_retry_after};
@@ -89,13 +90,43 @@ impl Deliverer {
             answer(&message, AckKind::Ack).await;
             return;
         };
+        let attempt = delivered.max(1);
+        // A child of the span that published the event, so deliveries join the job's trace.
+        let span = tracing::info_span!(
+            "deliver",
+            otel.name = "deliver webhook",
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            job_id = %event.job_id,
+            event = %callback_event,
+            attempt,
+            outcome = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
+        jetjobs::telemetry::join_trace(
+            &span,
+            jetjobs::trace_context::extract(message.headers.as_ref()),
+        );
+        self.deliver(message, seq, attempt, event, callback_event)
+            .instrument(span)
+            .await;
+    }
+
+    async fn deliver(
+        &self,
+        message: jetstream::Message,
+        seq: u64,
+        attempt: u32,
+        event: JobEvent,
+        callback_event: CallbackEvent,
+    ) {
         let webhook_id = message
             .headers
             .as_ref()
             .and_then(|h| h.get(headers::MSG_ID))
             .map_or_else(|| event.msg_id(), |id| id.as_str().to_string());
 
-        let attempt = delivered.max(1);
         let outcome = if self.retry.expired(event.at, Utc::now()) {
             // Redelivered after the period (the notifier was down, say): no more tries.
             Outcome::Failed {
@@ -163,6 +194,14 @@ impl Deliverer {
             WebhookState::Failed => "failed",
             WebhookState::Pending => "pending",
         };
+        let span = tracing::Span::current();
+        span.record("outcome", counted);
+        if let Some(status) = record.status {
+            span.record("http.response.status_code", status);
+        }
+        if record.outcome != WebhookState::Delivered {
+            span.record("otel.status_code", "error");
+        }
         match self.record(&event, record).await {
             Ok(()) => {
                 self.metrics.count(counted);
@@ -218,7 +257,7 @@ impl Deliverer {
             .header(webhook::headers::TIMESTAMP, timestamp.to_string())
             .header(webhook::headers::SIGNATURE, signature)
             .body(Full::new(Bytes::from(body)));
-        let request = match request {
+        let mut request = match request {
             Ok(request) => request,
             Err(e) => {
                 return Outcome::Failed {
@@ -227,6 +266,8 @@ impl Deliverer {
                 };
             }
         };
+        // The receiver can continue the job's trace.
+        jetjobs::trace_context::inject_http_current(request.headers_mut());
         let deadline = tokio::time::Instant::now() + self.timeout;
         let response = match tokio::time::timeout_at(deadline, self.http.request(request)).await {
             Ok(Ok(response)) => response,
@@ -296,6 +337,7 @@ impl Deliverer {
         message_headers.insert(headers::MSG_ID, record.msg_id().as_str());
         message_headers.insert(headers::KIND, record.kind.as_str());
         message_headers.insert(headers::JOB_ID, record.job_id.to_string().as_str());
+        jetjobs::trace_context::inject_current(&mut message_headers);
         self.js
             .publish_with_headers(
                 subjects::webhook_record(&record.kind, record.job_id),

@@ -4,7 +4,9 @@ use jetjobs_processor_io::{Config, NAME, run};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    jetjobs::telemetry::init(NAME);
+    let telemetry = jetjobs::telemetry::init(NAME)?;
     let shutdown = jetjobs::shutdown::on_signal();
-    run(config, shutdown).await
+    let result = run(config, shutdown).await;
+    telemetry.shutdown().await;
+    result
 }

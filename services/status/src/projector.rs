@@ -15,6 +15,7 @@ use jetjobs::state::{self, JobEvent, JobSnapshot};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 /// Compare-and-set conflicts tolerated for one write before the events are retried later.
 const MAX_CAS_TRIES: usize = 16;
@@ -279,10 +280,17 @@ impl Shard {
                 }
             }
             for (id, events, messages) in jobs {
-                let reply = match self.project_with_retries(id, &events).await {
+                let span = self.span(id, &events, &messages);
+                let projected = self
+                    .project_with_retries(id, &events)
+                    .instrument(span.clone())
+                    .await;
+                let entered = span.enter();
+                let reply = match projected {
                     Ok(()) => AckKind::Ack,
                     Err(e) if self.mode == Mode::Live => {
                         tracing::warn!(job_id = %id, error = %e, "Projection failed; the events will come again.");
+                        span.record("otel.status_code", "error");
                         AckKind::Nak(Some(Duration::from_secs(1)))
                     }
                     Err(e) => {
@@ -291,12 +299,42 @@ impl Shard {
                         AckKind::Term
                     }
                 };
+                drop(entered);
                 Stats::add(&self.stats.events, events.len());
                 for message in &messages {
                     self.answer(message, reply).await;
                 }
             }
         }
+    }
+
+    /// The span of one projection: live, a child of the span that published the job's
+    /// newest event (a processor's attempt), so it joins the job's trace. A rebuild
+    /// replays history and traces nothing.
+    fn span(
+        &self,
+        id: JobId,
+        events: &[JobEvent],
+        messages: &[jetstream::Message],
+    ) -> tracing::Span {
+        if self.mode != Mode::Live {
+            return tracing::Span::none();
+        }
+        let span = tracing::info_span!(
+            "project",
+            otel.name = "project job events",
+            otel.status_code = tracing::field::Empty,
+            job_id = %id,
+            events = events.len(),
+            last = events.last().map(|e| e.change.name()).unwrap_or_default(),
+            trace_id = tracing::field::Empty,
+        );
+        let parent = messages
+            .last()
+            .map(|m| jetjobs::trace_context::extract(m.headers.as_ref()))
+            .unwrap_or_default();
+        jetjobs::telemetry::join_trace(&span, parent);
+        span
     }
 
     async fn answer(&self, message: &jetstream::Message, kind: AckKind) {

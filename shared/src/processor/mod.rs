@@ -507,11 +507,23 @@ impl Runtime {
         };
         let payload = std::mem::take(&mut request.payload);
         let request = Arc::new(request);
+        // One span per attempt, a child of the span that submitted the job (the gateway's
+        // request): a job is one trace however many attempts and replicas it takes.
         let span = tracing::info_span!(
             "job",
+            otel.name = %format_args!("process {}", request.kind),
+            otel.kind = "consumer",
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
             job_id = %request.id,
             kind = %request.kind,
             attempt,
+            outcome = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
+        crate::telemetry::join_trace(
+            &span,
+            crate::trace_context::extract(message.headers.as_ref()),
         );
         let fence = Fence { attempt, seq: seen };
         self.attempt(message, request, payload, fence, release)
@@ -574,6 +586,7 @@ impl Runtime {
             // A replica older than the consumer's filter (a rolling deploy): another
             // replica knows the kind, so hand the job back rather than fail it.
             tracing::warn!("No handler for this kind here; handing the job back.");
+            ended_as("handed-back", None);
             if let Err(e) = message
                 .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
                 .await
@@ -624,17 +637,20 @@ impl Runtime {
                     tracing::info!(
                         "The job ended before this run started (cancelled?); not running it."
                     );
+                    ended_as("superseded", None);
                     self.confirm_ack(&message).await;
                     leased.cancel();
                     return;
                 }
                 Fenced::Superseded(Superseded::Taken) => {
                     tracing::info!("Another delivery of this job is running it; standing down.");
+                    ended_as("superseded", None);
                     leased.cancel();
                     return;
                 }
                 Fenced::TooLarge | Fenced::NotConfirmed => {
                     // Unacked: it comes back after ack_wait.
+                    ended_as("unconfirmed", None);
                     leased.cancel();
                     return;
                 }
@@ -698,6 +714,7 @@ impl Runtime {
                 Ended::Cancelled => self.cancelled(&message, &request).await,
                 Ended::Released => {
                     tracing::info!("Releasing the job to another replica (shutdown).");
+                    ended_as("released", None);
                     if let Err(e) = message.ack_with(AckKind::Nak(None)).await {
                         tracing::warn!(error = %e, "Could not release the job.");
                     }
@@ -715,6 +732,7 @@ impl Runtime {
         match self.last_event(&request.kind, request.id).await {
             Ok(Some((_, event))) if event.change.is_terminal() => {
                 tracing::info!("Job cancelled by the client; stopped.");
+                ended_as("cancelled", None);
                 self.confirm_ack(message).await;
             }
             other => {
@@ -745,6 +763,7 @@ impl Runtime {
                             .succeeded
                             .get_or_create(&KindLabel::new(&request.kind))
                             .inc();
+                        ended_as("succeeded", None);
                         self.confirm_ack(message).await;
                         tracing::debug!("Job succeeded.");
                     }
@@ -765,10 +784,12 @@ impl Runtime {
                 let retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
                 tracing::info!(%error, retry_in_ms, "Job attempt failed; will retry.");
                 let error = clip(error);
+                let reason = error.clone();
                 let event =
                     JobEvent::new(request, attempt, Change::Retrying { error, retry_in_ms });
                 match self.publish_fenced(&event, trace, fence).await {
                     Fenced::Recorded => {
+                        ended_as("retrying", Some(&reason));
                         self.metrics
                             .retried
                             .get_or_create(&KindLabel::new(&request.kind))
@@ -790,6 +811,7 @@ impl Runtime {
     /// This run's outcome lost the race to another one: record nothing. A finished job
     /// only needs its ack; a job another delivery runs is that delivery's to ack.
     async fn stand_down(&self, message: &jetstream::Message, superseded: Superseded) {
+        ended_as("superseded", None);
         match superseded {
             Superseded::Finished => {
                 tracing::info!(
@@ -823,7 +845,7 @@ impl Runtime {
             },
         );
         match self.publish_fenced(&event, trace, fence).await {
-            Fenced::Recorded => {}
+            Fenced::Recorded => ended_as("failed", Some(&error)),
             Fenced::Superseded(superseded) => return self.stand_down(message, superseded).await,
             Fenced::TooLarge | Fenced::NotConfirmed => return,
         }
@@ -1240,17 +1262,21 @@ fn event_message(
     ))
 }
 
-/// The trace context of a job message, carried on to every message about the job.
-fn trace_headers(incoming: Option<&HeaderMap>) -> HeaderMap {
-    let mut out = HeaderMap::new();
-    if let Some(incoming) = incoming {
-        for name in [headers::TRACEPARENT, headers::TRACESTATE] {
-            if let Some(value) = incoming.get(name) {
-                out.insert(name, value.clone());
-            }
-        }
+/// Records how this attempt ended on its span: the `outcome` attribute, and an error
+/// status for the runs that failed (retried or not).
+fn ended_as(outcome: &'static str, error: Option<&str>) {
+    let span = tracing::Span::current();
+    span.record("outcome", outcome);
+    if let Some(error) = error {
+        span.record("otel.status_code", "error");
+        span.record("otel.status_description", error);
     }
-    out
+}
+
+/// The trace context for every message about the job: this attempt's span, or the
+/// job message's own context when spans are not exported.
+fn trace_headers(incoming: Option<&HeaderMap>) -> HeaderMap {
+    crate::trace_context::outgoing(incoming)
 }
 
 pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {

@@ -46,7 +46,7 @@ async fn cluster_sigkill_the_jobs_leader() {
     let _turn = crate::serial().await;
     if std::env::var_os("RUST_LOG").is_some() {
         // The services' own logs, when asked for (they are silent otherwise).
-        jetjobs::telemetry::init("faults");
+        jetjobs::telemetry::init_logs("faults");
     }
     let mut cluster = NatsCluster::start();
     let control = cluster.client().await;
