@@ -16,6 +16,10 @@ use tokio_util::sync::CancellationToken;
 
 pub const ALL_KINDS: [&str; 5] = ["flaky", "hash", "noop", "sleep", "thumbnail"];
 
+/// Webhook receivers in tests listen on 127.0.0.1, which callbacks may not reach unless
+/// allowed (never 169.254.169.254 and the like).
+const LOOPBACK: &str = "127.0.0.0/8";
+
 /// Knobs a scenario may turn.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -28,6 +32,8 @@ pub struct Options {
     pub max_body_bytes: usize,
     /// `JOBS` holds at most this many jobs (waiting or running).
     pub jobs_max_msgs: i64,
+    /// Runs the notifier too, and lets callbacks reach loopback receivers.
+    pub run_notifier: bool,
 }
 
 impl Default for Options {
@@ -40,6 +46,7 @@ impl Default for Options {
             run_status: true,
             max_body_bytes: 64 * 1024,
             jobs_max_msgs: Layout::default().jobs_max_msgs,
+            run_notifier: false,
         }
     }
 }
@@ -116,11 +123,23 @@ impl System {
             .run_io
             .then(|| start_io_with(&url, options.io_concurrency));
         let cpu = Some(start_cpu(&url, options.cpu_concurrency));
+        let notifier = options.run_notifier.then(|| {
+            let secret =
+                jetjobs::webhook::Secret::from_bytes(b"a-test-secret-of-32-bytes-length".to_vec());
+            let mut config = jetjobs_notifier::Config::local(&url, &secret.to_whsec());
+            config.allow = LOOPBACK.parse().expect("allow list");
+            Component::spawn("notifier", move |shutdown| {
+                jetjobs_notifier::run(config, shutdown)
+            })
+        });
 
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let mut gateway_config = jetjobs_gateway::Config::local(&url);
         gateway_config.max_body_bytes = options.max_body_bytes;
+        if options.run_notifier {
+            gateway_config.webhook_allow = LOOPBACK.parse().expect("allow list");
+        }
         let gateway = Component::spawn("gateway", move |shutdown| {
             jetjobs_gateway::run(gateway_config, Some(listener), shutdown)
         });
@@ -131,7 +150,10 @@ impl System {
             http: reqwest::Client::new(),
             base,
             status,
-            _services: [Some(gateway), io, cpu].into_iter().flatten().collect(),
+            _services: [Some(gateway), io, cpu, notifier]
+                .into_iter()
+                .flatten()
+                .collect(),
         };
         let expected: &[&str] = if options.run_io {
             &ALL_KINDS

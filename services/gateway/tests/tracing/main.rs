@@ -7,10 +7,10 @@
 mod helpers;
 
 use std::collections::HashSet;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use helpers::{System, eventually};
+use helpers::{Options, System, eventually};
 use jetjobs::telemetry::{CapturedLogs, LogFormat};
 use opentelemetry::trace::{SpanId, Status, TraceId};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
@@ -95,14 +95,49 @@ fn request_span(telemetry: &Telemetry, id: &str) -> SpanData {
         .expect("the gateway exported the request's span")
 }
 
+/// A webhook receiver that keeps the `traceparent` of every request.
+async fn receiver() -> (String, Arc<Mutex<Vec<String>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let kept = Arc::clone(&seen);
+    let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
+        let kept = Arc::clone(&kept);
+        async move {
+            let traceparent = headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            kept.lock().expect("receiver state").push(traceparent);
+            StatusCode::NO_CONTENT
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, seen)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_retried_job_is_one_trace_across_gateway_processor_and_status() {
+async fn a_retried_job_is_one_trace_across_gateway_processor_status_and_notifier() {
     let telemetry = telemetry();
-    let system = System::start().await;
-    // Attempt 1 fails and is retried; attempt 2 succeeds.
+    let system = System::start_with(Options {
+        run_notifier: true,
+        ..Options::default()
+    })
+    .await;
+    let (callback_url, traceparents) = receiver().await;
+    // Attempt 1 fails and is retried; attempt 2 succeeds, and a webhook says so.
     let id = submit(
         &system,
-        json!({"kind": "flaky", "payload": {"fail": "retryable", "times": 1}, "max_attempts": 3}),
+        json!({
+            "kind": "flaky",
+            "payload": {"fail": "retryable", "times": 1},
+            "max_attempts": 3,
+            "callback_url": callback_url,
+            "callback_events": ["succeeded"],
+        }),
         None,
     )
     .await;
@@ -113,18 +148,18 @@ async fn a_retried_job_is_one_trace_across_gateway_processor_and_status() {
 
     let root = request_span(telemetry, &id);
     let trace = root.span_context.trace_id();
-    // Spans end after the work they cover: wait for the projection of `succeeded`.
+    // Spans end after the work they cover: wait for the projection of `succeeded` and
+    // for the webhook delivery.
     let spans = eventually(WAIT, || async {
         let spans = trace_of(telemetry, trace);
-        spans
-            .iter()
-            .any(|s| {
-                s.name == "project job events" && attr(s, "last").as_deref() == Some("succeeded")
-            })
-            .then_some(spans)
+        let projected = spans.iter().any(|s| {
+            s.name == "project job events" && attr(s, "last").as_deref() == Some("succeeded")
+        });
+        let delivered = spans.iter().any(|s| s.name == "deliver webhook");
+        (projected && delivered).then_some(spans)
     })
     .await
-    .expect("the status service projected `succeeded` within the job's trace");
+    .expect("the status service and the notifier worked within the job's trace");
 
     // The gateway's request span is the one root.
     let roots: Vec<&SpanData> = spans
@@ -162,8 +197,38 @@ async fn a_retried_job_is_one_trace_across_gateway_processor_and_status() {
     assert_eq!(attr(attempts[1], "outcome").as_deref(), Some("succeeded"));
     assert!(!matches!(attempts[1].status, Status::Error { .. }));
 
-    // Each projection is a child of the attempt that published its events.
-    let attempt_ids: HashSet<SpanId> = attempts.iter().map(|s| s.span_context.span_id()).collect();
+    // The webhook delivery is a child of the attempt whose event it announces, and the
+    // receiver got the trace context.
+    let deliveries: Vec<&SpanData> = spans
+        .iter()
+        .filter(|s| s.name == "deliver webhook")
+        .collect();
+    assert_eq!(deliveries.len(), 1, "{:?}", names(&spans));
+    let delivery = deliveries[0];
+    assert_eq!(delivery.parent_span_id, attempts[1].span_context.span_id());
+    assert_eq!(
+        attr(delivery, "target").as_deref(),
+        Some("jetjobs_notifier::deliver")
+    );
+    assert_eq!(attr(delivery, "outcome").as_deref(), Some("delivered"));
+    assert_eq!(
+        attr(delivery, "http.response.status_code").as_deref(),
+        Some("204")
+    );
+    let received = traceparents.lock().expect("receiver state").clone();
+    assert_eq!(
+        received,
+        [format!("00-{trace}-{}-01", delivery.span_context.span_id())],
+        "the webhook request carries the delivery's context"
+    );
+
+    // Each projection is a child of the span that published its events: an attempt, or
+    // the delivery (its webhook record).
+    let attempt_ids: HashSet<SpanId> = attempts
+        .iter()
+        .chain([&delivery])
+        .map(|s| s.span_context.span_id())
+        .collect();
     let projections: Vec<&SpanData> = spans
         .iter()
         .filter(|s| s.name == "project job events")
