@@ -193,7 +193,8 @@ fn otlp_provider(service: &'static str) -> anyhow::Result<Option<SdkTracerProvid
         .map_err(|e| anyhow::anyhow!("cannot set up the OTLP trace exporter: {e}"))?;
     let mut resource = opentelemetry_sdk::Resource::builder();
     if !set("OTEL_SERVICE_NAME") {
-        resource = resource.with_service_name(service);
+        // Namespaced, since a trace UI lists the services of many systems.
+        resource = resource.with_service_name(format!("jetjobs-{service}"));
     }
     // The sampler comes from OTEL_TRACES_SAMPLER (default parentbased_always_on), and the
     // batch queue from OTEL_BSP_* (bounded: spans beyond it are dropped, not queued).
