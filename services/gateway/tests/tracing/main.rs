@@ -6,6 +6,8 @@
 #[allow(dead_code)]
 mod helpers;
 
+mod export;
+
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
