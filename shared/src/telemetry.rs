@@ -86,11 +86,21 @@ impl Telemetry {
 pub fn init(service: &'static str) -> anyhow::Result<Telemetry> {
     set_propagator();
     let provider = otlp_provider(service)?;
+    install(service, provider.as_ref());
+    Ok(Telemetry { provider })
+}
+
+/// Logs only, never traces: for one-shot tools (`jetjobs-admin`, a rebuild).
+pub fn init_logs(service: &'static str) {
+    install(service, None);
+}
+
+fn install(service: &'static str, provider: Option<&SdkTracerProvider>) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let installed = tracing_subscriber::registry()
         .with(layers(
             service,
-            provider.as_ref(),
+            provider,
             LogFormat::from_env(),
             std::io::stdout,
         ))
@@ -103,25 +113,6 @@ pub fn init(service: &'static str) -> anyhow::Result<Telemetry> {
             exporting = provider.is_some(),
             "Telemetry initialised."
         );
-    }
-    Ok(Telemetry { provider })
-}
-
-/// Logs only, never traces: for one-shot tools (`jetjobs-admin`, a rebuild).
-pub fn init_logs(service: &'static str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let installed = tracing_subscriber::registry()
-        .with(layers(
-            service,
-            None,
-            LogFormat::from_env(),
-            std::io::stdout,
-        ))
-        .with(filter)
-        .try_init()
-        .is_ok();
-    if installed {
-        tracing::debug!(service, "Logging initialised.");
     }
 }
 
