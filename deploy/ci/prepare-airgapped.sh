@@ -94,14 +94,28 @@ have_image() { [ "${JETJOBS_RESEED:-0}" != 1 ] && docker image inspect "$1" >/de
 mkdir -p "$SEED_DIR"
 
 rootfs="$SEED_DIR/bookworm-minbase"
+# Like the upstream slim image: no package caches, docs, man pages or translations, now
+# and for packages installed later (dpkg path excludes).
+slim_rootfs() {
+  rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/cache/apt/archives/*.deb
+  rm -rf "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* "$rootfs"/usr/share/locale/*
+  mkdir -p "$rootfs/etc/dpkg/dpkg.cfg.d"
+  cat >"$rootfs/etc/dpkg/dpkg.cfg.d/docker-slim" <<'EOF'
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/man/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/locale/*
+EOF
+}
+
 make_rootfs() {
   if [ ! -f "$rootfs/.complete" ]; then
     log "debootstrap --variant=minbase bookworm"
     rm -rf "$rootfs"
     debootstrap --variant=minbase bookworm "$rootfs" "$MIRROR" >"$SEED_DIR/debootstrap.log" 2>&1 ||
       { tail -20 "$SEED_DIR/debootstrap.log" >&2; exit 1; }
-    # Like the upstream slim image: no apt caches or docs.
-    rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin
+    slim_rootfs
     touch "$rootfs/.complete"
   fi
 }

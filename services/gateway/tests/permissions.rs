@@ -30,10 +30,14 @@ fn password(user: &str) -> String {
     format!("{user}-test-password")
 }
 
-/// A nats-server running the deployed auth.conf, with a password per user.
-fn server() -> NatsServer {
+/// A nats-server running the deployed auth.conf, with a password per user, logging to
+/// `log` if given (it logs every permission violation).
+fn server(log: Option<&std::path::Path>) -> NatsServer {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/nats/auth.conf");
-    let auth = std::fs::read_to_string(path).expect("read deploy/nats/auth.conf");
+    let mut auth = std::fs::read_to_string(path).expect("read deploy/nats/auth.conf");
+    if let Some(log) = log {
+        auth.push_str(&format!("\nlog_file: {:?}\n", log.display().to_string()));
+    }
     let passwords: Vec<(&str, String)> = USERS
         .iter()
         .map(|(user, var)| (*var, password(user)))
@@ -107,7 +111,7 @@ async fn subscribe_refused(
 
 #[tokio::test]
 async fn services_are_refused_what_they_must_not_touch() {
-    let nats = server();
+    let nats = server(None);
     let url = nats.url();
 
     // Without a user nothing works at all.
@@ -183,10 +187,11 @@ async fn services_are_refused_what_they_must_not_touch() {
     }
 
     // And through the JetStream API: the processor cannot write a snapshot.
-    let admin = async_nats::ConnectOptions::with_user_and_password("admin".into(), password("admin"))
-        .connect(&url)
-        .await
-        .expect("admin connects");
+    let admin =
+        async_nats::ConnectOptions::with_user_and_password("admin".into(), password("admin"))
+            .connect(&url)
+            .await
+            .expect("admin connects");
     layout::provision(&jetstream::new(admin), &Layout::default())
         .await
         .expect("provision as admin");
@@ -218,7 +223,9 @@ async fn receiver() -> (String, mpsc::UnboundedReceiver<()>) {
                 // One request per connection is enough for this test (no keep-alive).
                 if socket.read(&mut buf).await.is_ok() {
                     let _ = socket
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        )
                         .await;
                     let _ = tx.send(());
                 }
@@ -230,12 +237,15 @@ async fn receiver() -> (String, mpsc::UnboundedReceiver<()>) {
 
 #[tokio::test]
 async fn every_service_works_under_its_own_user() {
-    let nats = server();
+    let logs = tempfile::tempdir().expect("temp dir");
+    let log = logs.path().join("nats-server.log");
+    let nats = server(Some(&log));
     let url = nats.url();
-    let admin = async_nats::ConnectOptions::with_user_and_password("admin".into(), password("admin"))
-        .connect(&url)
-        .await
-        .expect("admin connects");
+    let admin =
+        async_nats::ConnectOptions::with_user_and_password("admin".into(), password("admin"))
+            .connect(&url)
+            .await
+            .expect("admin connects");
     let js = jetstream::new(admin);
     let layout = Layout {
         processors: vec![jetjobs_processor_io::spec(), jetjobs_processor_cpu::spec()],
@@ -245,20 +255,27 @@ async fn every_service_works_under_its_own_user() {
 
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();
-    let mut spawn = |name: &'static str, run: futures::future::BoxFuture<'static, anyhow::Result<()>>| {
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = run.await {
-                panic!("{name} failed: {e:#}");
-            }
-        }));
-    };
+    let mut spawn =
+        |name: &'static str, run: futures::future::BoxFuture<'static, anyhow::Result<()>>| {
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = run.await {
+                    panic!("{name} failed: {e:#}");
+                }
+            }));
+        };
 
     let mut status = jetjobs_status::Config::local(&url);
     status.nats = nats_args(&url, "status");
     status.shards = 4;
-    spawn("status", Box::pin(jetjobs_status::run(status, shutdown.clone())));
+    spawn(
+        "status",
+        Box::pin(jetjobs_status::run(status, shutdown.clone())),
+    );
 
-    for (name, user) in [("processor-io", "processor-io"), ("processor-cpu", "processor-cpu")] {
+    for (name, user) in [
+        ("processor-io", "processor-io"),
+        ("processor-cpu", "processor-cpu"),
+    ] {
         let argv = [
             name,
             "--nats-url",
@@ -275,10 +292,16 @@ async fn every_service_works_under_its_own_user() {
         .map(str::to_string);
         if name == "processor-io" {
             let config = jetjobs_processor_io::Config::parse_from(argv);
-            spawn("processor-io", Box::pin(jetjobs_processor_io::run(config, shutdown.clone())));
+            spawn(
+                "processor-io",
+                Box::pin(jetjobs_processor_io::run(config, shutdown.clone())),
+            );
         } else {
             let config = jetjobs_processor_cpu::Config::parse_from(argv);
-            spawn("processor-cpu", Box::pin(jetjobs_processor_cpu::run(config, shutdown.clone())));
+            spawn(
+                "processor-cpu",
+                Box::pin(jetjobs_processor_cpu::run(config, shutdown.clone())),
+            );
         }
     }
 
@@ -286,7 +309,10 @@ async fn every_service_works_under_its_own_user() {
     let mut notifier = jetjobs_notifier::Config::local(&url, secret);
     notifier.nats = nats_args(&url, "notifier");
     notifier.allow = "127.0.0.0/8".parse().expect("allow list");
-    spawn("notifier", Box::pin(jetjobs_notifier::run(notifier, shutdown.clone())));
+    spawn(
+        "notifier",
+        Box::pin(jetjobs_notifier::run(notifier, shutdown.clone())),
+    );
 
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
@@ -295,7 +321,11 @@ async fn every_service_works_under_its_own_user() {
     gateway.webhook_allow = "127.0.0.0/8".parse().expect("allow list");
     spawn(
         "gateway",
-        Box::pin(jetjobs_gateway::run(gateway, Some(listener), shutdown.clone())),
+        Box::pin(jetjobs_gateway::run(
+            gateway,
+            Some(listener),
+            shutdown.clone(),
+        )),
     );
 
     let http = reqwest::Client::new();
@@ -323,7 +353,10 @@ async fn every_service_works_under_its_own_user() {
     let png = {
         let mut bytes = Vec::new();
         image::DynamicImage::new_rgb8(16, 16)
-            .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+            .write_to(
+                &mut std::io::Cursor::new(&mut bytes),
+                image::ImageFormat::Png,
+            )
             .expect("encode png");
         bytes
     };
@@ -355,7 +388,10 @@ async fn every_service_works_under_its_own_user() {
             (body["state"] == "succeeded").then_some(body)
         })
         .await;
-        assert!(done.is_some(), "job {id} did not succeed under per-service users");
+        assert!(
+            done.is_some(),
+            "job {id} did not succeed under per-service users"
+        );
     }
     // The notifier delivered the noop job's webhook under its own user.
     assert!(
@@ -377,7 +413,11 @@ async fn every_service_works_under_its_own_user() {
         .send()
         .await
         .expect("DELETE");
-    assert!(response.status().is_success(), "cancel: {}", response.status());
+    assert!(
+        response.status().is_success(),
+        "cancel: {}",
+        response.status()
+    );
     let cancelled = eventually(WAIT, || async {
         let response = http.get(format!("{base}/v1/jobs/{id}")).send().await.ok()?;
         let body: Value = response.json().await.ok()?;
@@ -390,4 +430,13 @@ async fn every_service_works_under_its_own_user() {
     for task in tasks {
         task.await.expect("service task");
     }
+    // Services retry or tolerate some failures, so a missing permission could hide
+    // behind a passing run: the server's log must show no refusal at all.
+    let log = std::fs::read_to_string(&log).expect("read the nats-server log");
+    let violations: Vec<&str> = log.lines().filter(|l| l.contains("Violation")).collect();
+    assert!(
+        violations.is_empty(),
+        "a service was refused something it needs:\n{}",
+        violations.join("\n")
+    );
 }
