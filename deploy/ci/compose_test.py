@@ -152,9 +152,10 @@ def gateway_ready():
 def check_every_kind(compose):
     ids = {}
     for kind, payload in JOBS.items():
-        job_id = submit(kind, payload)
-        if not isinstance(job_id, str):
-            raise Failed(f"submitting {kind} was not accepted: {job_id!r}")
+        # Right after start a processor may not have registered its kinds yet (the
+        # gateway answers 422 for an unknown kind): retry for a while.
+        job_id = wait_until(f"the gateway to accept a {kind} job", 60,
+                            lambda: submit(kind, payload), interval=1)
         ids[job_id] = kind
     wait_succeeded(list(ids), 90)
     log(f"every kind succeeded: {sorted(ids.values())}")
