@@ -177,14 +177,22 @@ def check_scale_out(compose):
     containers = compose.run("ps", "-q", "processor-cpu", capture=True).split()
     if len(containers) != 3:
         raise Failed(f"expected 3 processor-cpu containers, got {containers}")
-    # Enough slow-ish hash jobs that one replica cannot take them all before the others
-    # pull: each replica's consumer pull brings a few at a time.
+    # Let the new replicas connect and start pulling, then submit jobs one at a time:
+    # idle replicas each keep a pull request waiting on the durable consumer, and the
+    # server hands each new job to the oldest waiting request, so paced jobs spread over
+    # all replicas (a burst could go to one replica with room for 64).
+    wait_until("3 healthy processor-cpu replicas", 60, lambda: all(
+        subprocess.run(["docker", "inspect", "-f", "{{.State.Health.Status}}", c], text=True,
+                       stdout=subprocess.PIPE, check=False).stdout.strip() == "healthy"
+        for c in containers), interval=1)
+    time.sleep(2)
     ids = []
-    for i in range(60):
-        job_id = submit("hash", {"size": 256 * 1024, "rounds": 2000})
+    for i in range(45):
+        job_id = submit("hash", {"size": 64 * 1024, "rounds": 50})
         if not isinstance(job_id, str):
             raise Failed(f"hash job {i} not accepted: {job_id!r}")
         ids.append(job_id)
+        time.sleep(0.1)
     wait_succeeded(ids, 180)
     started = {}
     for c in containers:
