@@ -24,11 +24,23 @@ pub struct NatsServer {
     child: Option<Child>,
     port: u16,
     dir: TempDir,
+    /// Appended to the generated config (see [`NatsServer::start_with_config`]).
+    extra_config: String,
+    /// Environment of the server process, on top of this process's.
+    env: Vec<(String, String)>,
 }
 
 impl NatsServer {
     /// Starts a server on a random free port. Panics with an install hint if the binary is missing.
     pub fn start() -> Self {
+        Self::start_with_config("", &[])
+    }
+
+    /// Starts a server whose config has `extra_config` appended (for example the
+    /// deployed `deploy/nats/auth.conf`, so tests run under the real users and
+    /// permissions), with `env` set for the server process (the variables the config
+    /// refers to, such as passwords).
+    pub fn start_with_config(extra_config: &str, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("jetjobs-nats-")
             .tempdir()
@@ -37,6 +49,11 @@ impl NatsServer {
             child: None,
             port: 0,
             dir,
+            extra_config: extra_config.to_string(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         server.spawn(None);
         server
@@ -87,9 +104,16 @@ impl NatsServer {
         std::fs::create_dir_all(&ports_dir).expect("create the ports dir");
         let port_arg = port.map_or_else(|| "-1".to_string(), |p| p.to_string());
         let config = self.dir.path().join("nats.conf");
-        std::fs::write(&config, format!("jetstream {{\n    {STORE_LIMIT}\n}}\n"))
-            .expect("write the nats-server config");
+        std::fs::write(
+            &config,
+            format!(
+                "jetstream {{\n    {STORE_LIMIT}\n}}\n{}\n",
+                self.extra_config
+            ),
+        )
+        .expect("write the nats-server config");
         let child = Command::new(&bin)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .arg("-c")
             .arg(&config)
             .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "--store_dir"])
