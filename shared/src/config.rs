@@ -89,7 +89,9 @@ impl NatsArgs {
             None => async_nats::ConnectOptions::new(),
         };
         if let (Some(user), Some(password)) = (&self.nats_user, &self.nats_password) {
-            options = options.user_and_password(user.clone(), password.clone());
+            options = options
+                .user_and_password(user.clone(), password.clone())
+                .custom_inbox_prefix(inbox_prefix(user));
         }
         Ok(options
             .name(name)
@@ -105,9 +107,33 @@ impl NatsArgs {
     }
 }
 
+/// Where a client connected as `user` gets its replies: `_INBOX.<user>`. Every JetStream
+/// call, KV read and watch replies to an inbox, so with one prefix per user the NATS
+/// permissions can let each service read its own replies and no one else's
+/// (`deploy/nats/auth.conf`): a processor cannot listen in on the gateway's KV reads.
+pub fn inbox_prefix(user: &str) -> String {
+    let token_safe = !user.is_empty()
+        && !user
+            .chars()
+            .any(|c| c == '.' || c == '*' || c == '>' || c.is_whitespace());
+    if token_safe {
+        format!("_INBOX.{user}")
+    } else {
+        // Not one subject token: the shared default, which auth.conf cannot narrow.
+        "_INBOX".to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_user_gets_its_own_inbox_prefix() {
+        assert_eq!(inbox_prefix("processor-io"), "_INBOX.processor-io");
+        assert_eq!(inbox_prefix("a.b"), "_INBOX");
+        assert_eq!(inbox_prefix(""), "_INBOX");
+    }
 
     #[test]
     fn nats_url_may_list_several_servers() {

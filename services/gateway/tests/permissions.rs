@@ -58,6 +58,7 @@ fn nats_args(url: &str, user: &str) -> NatsArgs {
 async fn client_as(url: &str, user: &str) -> (async_nats::Client, mpsc::UnboundedReceiver<String>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let client = async_nats::ConnectOptions::with_user_and_password(user.into(), password(user))
+        .custom_inbox_prefix(jetjobs::config::inbox_prefix(user))
         .event_callback(move |event| {
             let tx = tx.clone();
             async move {
@@ -161,6 +162,14 @@ async fn services_are_refused_what_they_must_not_touch() {
             "processor-io may publish to {subject}"
         );
     }
+    // Replies are private: the gateway's KV reads and watches come back on its inbox.
+    for subject in ["_INBOX.gateway.>", "_INBOX.>"] {
+        assert!(
+            subscribe_refused(&processor, &mut errors, subject).await,
+            "processor-io may read the replies on {subject}"
+        );
+    }
+    assert!(!subscribe_refused(&processor, &mut errors, "_INBOX.processor-io.x").await);
 
     let (status, mut errors) = client_as(&url, "status").await;
     for subject in [
