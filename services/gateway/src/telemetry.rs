@@ -13,11 +13,18 @@ use axum::response::Response;
 use jetjobs::JobId;
 use tracing::Span;
 
+/// Probes and scrapes, every few seconds from every orchestrator and Prometheus: as
+/// traces they would bury the jobs' ones.
+const UNTRACED: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
 pub fn request_span(request: &Request) -> Span {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or("unmatched", MatchedPath::as_str);
+    if UNTRACED.contains(&route) {
+        return Span::none();
+    }
     let span = tracing::info_span!(
         "request",
         otel.name = %format_args!("{} {route}", request.method()),

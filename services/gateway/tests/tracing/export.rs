@@ -139,4 +139,12 @@ async fn the_gateway_exports_its_spans_over_otlp_when_an_endpoint_is_set() {
     })
     .await
     .expect("the collector received the request's span, named for its service");
+    // Readiness probes (this test's own included) and scrapes are not traced.
+    let received = collector.0.lock().expect("collector state").clone();
+    assert!(
+        received
+            .iter()
+            .all(|(_, name, _)| !name.contains("/readyz")),
+        "{received:?}"
+    );
 }
