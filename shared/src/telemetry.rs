@@ -303,9 +303,11 @@ impl Visit for JsonVisitor<'_> {
 }
 
 /// A [`MakeWriter`] that appends to a shared buffer, for tests that read the log lines.
+#[cfg(any(test, feature = "testing"))]
 #[derive(Clone, Default)]
 pub struct CapturedLogs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
 
+#[cfg(any(test, feature = "testing"))]
 impl CapturedLogs {
     /// The lines written so far.
     pub fn lines(&self) -> Vec<String> {
@@ -317,6 +319,7 @@ impl CapturedLogs {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl std::io::Write for CapturedLogs {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if let Ok(mut bytes) = self.0.lock() {
@@ -329,6 +332,7 @@ impl std::io::Write for CapturedLogs {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl<'w> MakeWriter<'w> for CapturedLogs {
     type Writer = Self;
     fn make_writer(&'w self) -> Self::Writer {
