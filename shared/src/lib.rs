@@ -4,17 +4,21 @@
 //! - [`subjects`], [`layout`]: where things live on NATS, and provisioning.
 //! - [`kinds`]: the registry of job kinds.
 //! - [`webhook`]: callback events, the SSRF address policy, Standard Webhooks signatures.
+//! - [`fence`], [`protocol`]: who records a job's next event, and how every writer
+//!   publishes (one fenced-write protocol for processors and the gateway).
 //! - [`processor`]: the runtime every processor service is built on.
 //! - [`metrics`]: Prometheus metrics and the admin server that serves them.
 //! - [`config`], [`telemetry`], [`shutdown`], [`trace_context`]: service plumbing.
 //! - `testing` (feature `testing`): a real nats-server for tests.
 
 pub mod config;
+pub mod fence;
 pub mod job;
 pub mod kinds;
 pub mod layout;
 pub mod metrics;
 pub mod processor;
+pub mod protocol;
 pub mod shutdown;
 pub mod state;
 pub mod subjects;

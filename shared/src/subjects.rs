@@ -38,6 +38,16 @@ pub const EVENTS_ALL: &str = "jobs.events.>";
 /// The jobs' own event subjects only, without webhook records: the notifier's filter.
 pub const EVENTS_JOBS_ONLY: &str = "jobs.events.*.*";
 
+/// `jobs.events.<kind>.<id>.progress`: a running job's progress reports, in `JOB_EVENTS`
+/// but off the job's own subject. They are sent without a fence (a lost one is superseded
+/// by the next), so on the job's subject they could stand between a writer and its fence;
+/// here they never can.
+pub fn progress(kind: &Kind, id: JobId) -> String {
+    format!("jobs.events.{kind}.{id}.progress")
+}
+/// Every job's progress reports: with [`EVENTS_JOBS_ONLY`], what the notifier delivers.
+pub const EVENTS_PROGRESS: &str = "jobs.events.*.*.progress";
+
 /// `jobs.events.<kind>.<id>.webhook`: the notifier's delivery records, in `JOB_EVENTS`
 /// (so the status service projects them) but off the job's own subject, on which
 /// processors and the gateway fence their writes.

@@ -1,21 +1,21 @@
 //! Changing a job after it was accepted: `DELETE /v1/jobs/{id}` (cancel) and
 //! `POST /v1/jobs/{id}/retry`.
 //!
-//! Both write an event on the job's own subject with `Nats-Expected-Last-Subject-Sequence`,
-//! the same fence the processors use: the stream decides whether a cancellation or a
-//! run's outcome came first, so a job ends exactly once, and a retry is stored only
-//! onto the failure it retries.
+//! Both write through `jetjobs::protocol::EventLog`, the fenced-write protocol the
+//! processors use: the stream decides whether a cancellation or a run's outcome came
+//! first, so a job ends exactly once.
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::stream::DirectGetErrorKind;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use bytes::Bytes;
+use jetjobs::fence::Superseded;
 use jetjobs::job::JobRequest;
+use jetjobs::protocol::{self, EventLog, Fenced, Published, Retries};
 use jetjobs::state::{self, Change, JobEvent, JobSnapshot, JobState};
-use jetjobs::subjects::{self, headers};
+use jetjobs::subjects;
 use jetjobs::{JobId, Kind};
 use serde_json::json;
 
@@ -35,6 +35,7 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
+    let log = event_log(&state);
     for _ in 0..TRIES {
         let job = Job::read(&state, id).await?;
         if job.current.state.is_terminal() {
@@ -51,8 +52,22 @@ pub async fn cancel(
                 reason: "cancelled by the client".to_string(),
             },
         );
-        if !fenced_publish(&state, &event, job.last_seq).await? {
-            continue;
+        let mut seq = job.last_seq;
+        match log
+            .write_fenced(&event, &trace(), &mut seq, Retries::REQUEST)
+            .await
+        {
+            Fenced::Recorded => {}
+            // It ended meanwhile (the next read says how), or a new run started: read
+            // the job again and cancel that.
+            Fenced::Superseded(_) => continue,
+            Fenced::TooLarge => return Err(ApiError::internal("a cancellation is too large")),
+            Fenced::NotConfirmed => {
+                return Err(ApiError::unavailable(
+                    format!("the cancellation of job {id} could not be confirmed; retry"),
+                    1,
+                ));
+            }
         }
         // Running handlers stop at once; a lost notice only means the run finishes and
         // its outcome, which can no longer be stored, is dropped.
@@ -72,51 +87,105 @@ pub async fn cancel(
 /// `POST /v1/jobs/{id}/retry`: queues a failed (dead-lettered) job again, with a new
 /// series of attempts numbered on from the last, the same id and its history kept.
 /// Repeating it while the retry is still queued changes nothing.
+///
+/// The job is queued first, then `requeued` is recorded. The retry's message carries the
+/// attempt it continues from, so the processor that takes it records `requeued` itself
+/// if this request died in between: a requeue recorded before a publish that failed would
+/// leave a snapshot saying `queued` with nothing queued.
 pub async fn retry(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    for _ in 0..TRIES {
-        let job = Job::read(&state, id).await?;
-        let current = &job.current;
-        let requeued = current.state == JobState::Queued && current.attempt > 0;
-        if current.state != JobState::Failed && !requeued {
-            return Err(ApiError::conflict(format!(
-                "job {id} is {}; only a failed job can be retried",
-                current.state
-            ))
-            .with("state", json!(current.state)));
-        }
-        let original = dead_request(&state, &current.kind, id).await?;
-        let per_series = original
-            .max_attempts
-            .saturating_sub(original.prior_attempts)
-            .max(1);
-        let request = JobRequest {
-            prior_attempts: current.attempt,
-            max_attempts: if requeued {
-                current.max_attempts
-            } else {
-                current.attempt.saturating_add(per_series)
-            },
-            ..original
-        };
-        let event = job.event(current.attempt, request.max_attempts, Change::Requeued);
-        // The requeue is stored first: a processor that took the job before it would see
-        // the failure as the job's last word and not run it.
-        if !requeued && !fenced_publish(&state, &event, job.last_seq).await? {
-            continue;
-        }
-        let msg_id = format!("{id}.retry.{}", current.attempt);
-        if let Err(failure) = submit::publish_as(&state, &request, &msg_id).await {
-            // The requeue is stored; repeating the request queues the job.
-            return Err(failure.error);
-        }
-        let snapshot = state::apply(Some(current), &event).unwrap_or_else(|_| current.clone());
-        return accepted_response(StatusCode::ACCEPTED, id, encode(&snapshot)?, false);
+    let log = event_log(&state);
+    let job = Job::read(&state, id).await?;
+    let current = &job.current;
+    let requeued = current.state == JobState::Queued && current.attempt > 0;
+    if current.state != JobState::Failed && !requeued {
+        return Err(ApiError::conflict(format!(
+            "job {id} is {}; only a failed job can be retried",
+            current.state
+        ))
+        .with("state", json!(current.state)));
     }
-    Err(busy(id))
+    let original = dead_request(&state, &current.kind, id).await?;
+    let per_series = original
+        .max_attempts
+        .saturating_sub(original.prior_attempts)
+        .max(1);
+    let request = JobRequest {
+        prior_attempts: current.attempt,
+        max_attempts: if requeued {
+            current.max_attempts
+        } else {
+            current.attempt.saturating_add(per_series)
+        },
+        ..original
+    };
+    let message = protocol::job_message(
+        &request,
+        &format!("{id}.retry.{}", current.attempt),
+        trace(),
+    )
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    match log.publish(message, Retries::REQUEST).await {
+        Published::Stored(_) => {}
+        // Queued already: this is a repeat of a retry.
+        Published::SubjectFull if requeued => {}
+        Published::SubjectFull => {
+            return Err(ApiError::unavailable(
+                format!("job {id}'s last run is still being settled; retry in a moment"),
+                1,
+            ));
+        }
+        Published::StoreFull => {
+            return Err(
+                ApiError::unavailable("the job queue is full; retry later", 5)
+                    .with("queue", json!("full")),
+            );
+        }
+        Published::TooLarge => {
+            return Err(ApiError::too_large(
+                "the job is larger than the NATS server accepts in one message",
+            ));
+        }
+        Published::WrongLastSequence | Published::NotConfirmed => {
+            return Err(ApiError::unavailable(
+                format!(
+                    "job {id} could not be confirmed as queued again; repeating this request is safe"
+                ),
+                1,
+            ));
+        }
+    }
+    let event = job.event(current.attempt, request.max_attempts, Change::Requeued);
+    if !requeued {
+        let mut seq = job.last_seq;
+        match log
+            .write_fenced(&event, &trace(), &mut seq, Retries::REQUEST)
+            .await
+        {
+            Fenced::Recorded => {}
+            // A processor took the retry first and recorded `requeued` (and more) itself.
+            Fenced::Superseded(Superseded::Taken | Superseded::Finished) => {}
+            Fenced::TooLarge | Fenced::NotConfirmed => {
+                tracing::warn!(job_id = %id, "Could not record the requeue; the processor that takes the job will.");
+            }
+        }
+    }
+    let snapshot = state::apply(Some(current), &event).unwrap_or_else(|_| current.clone());
+    accepted_response(StatusCode::ACCEPTED, id, encode(&snapshot)?, false)
+}
+
+fn event_log(state: &AppState) -> EventLog {
+    EventLog::new(state.js.clone(), state.events.clone())
+}
+
+/// This request's trace context, for the messages it writes.
+fn trace() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    jetjobs::trace_context::inject_current(&mut headers);
+    headers
 }
 
 /// What the gateway knows of a job: its snapshot as the events say it is now.
@@ -161,42 +230,6 @@ impl Job {
             callback_events: self.current.callback_events.clone(),
             change,
         }
-    }
-}
-
-/// Publishes `event` if the job's last event is still `expected`; `false` if another
-/// writer came first (the caller reads the job again).
-async fn fenced_publish(
-    state: &AppState,
-    event: &JobEvent,
-    expected: u64,
-) -> Result<bool, ApiError> {
-    let payload = serde_json::to_vec(event).map_err(|e| ApiError::internal(e.to_string()))?;
-    let mut message_headers = HeaderMap::new();
-    message_headers.insert(headers::MSG_ID, event.msg_id().as_str());
-    message_headers.insert(headers::KIND, event.kind.as_str());
-    message_headers.insert(headers::JOB_ID, event.job_id.to_string().as_str());
-    message_headers.insert(
-        headers::EXPECTED_LAST_SUBJECT_SEQ,
-        expected.to_string().as_str(),
-    );
-    jetjobs::trace_context::inject_current(&mut message_headers);
-    let sent = state
-        .js
-        .publish_with_headers(
-            subjects::event(&event.kind, event.job_id),
-            message_headers,
-            payload.into(),
-        )
-        .await;
-    let acked = match sent {
-        Ok(ack) => ack.await,
-        Err(e) => Err(e),
-    };
-    match acked {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(false),
-        Err(e) => Err(nats_unavailable("recording the change", e)),
     }
 }
 

@@ -1,0 +1,89 @@
+//! How a processor runs, independent of what it runs.
+
+use std::time::Duration;
+
+use rand::Rng as _;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct RuntimeConfig {
+    /// Jobs run at once by this replica; 0 means the processor's own default (64 for
+    /// I/O-bound kinds, one per CPU for CPU-bound ones).
+    #[arg(long, env = "JETJOBS_CONCURRENCY", default_value_t = 0)]
+    pub concurrency: usize,
+    /// Jobs held beyond the running ones, ready to start the moment a slot frees, so a
+    /// slot does not sit idle while the previous job's outcome is recorded and the next
+    /// job is pulled. They stay `queued` until they start. 0 means the processor's own
+    /// default (its concurrency, at most 16).
+    #[arg(long, env = "JETJOBS_PREFETCH", default_value_t = 0)]
+    pub prefetch: usize,
+    /// Largest number of jobs asked for in one pull request.
+    #[arg(long, env = "JETJOBS_MAX_BATCH", default_value_t = 64)]
+    pub max_batch: usize,
+    /// How long one pull request waits for jobs before it is renewed.
+    #[arg(long, env = "JETJOBS_PULL_EXPIRES_MS", default_value_t = 5_000)]
+    pub pull_expires_ms: u64,
+    /// Least time between two progress events of one job.
+    #[arg(long, env = "JETJOBS_PROGRESS_INTERVAL_MS", default_value_t = 250)]
+    pub progress_interval_ms: u64,
+    /// First retry delay; doubles with each attempt, with jitter.
+    #[arg(long, env = "JETJOBS_RETRY_BASE_MS", default_value_t = 1_000)]
+    pub retry_base_ms: u64,
+    /// Longest retry delay.
+    #[arg(long, env = "JETJOBS_RETRY_MAX_MS", default_value_t = 60_000)]
+    pub retry_max_ms: u64,
+    /// On shutdown, how long running jobs may take to finish before they are released.
+    #[arg(long, env = "JETJOBS_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
+    pub shutdown_grace_secs: u64,
+    #[command(flatten)]
+    pub admin: crate::metrics::AdminArgs,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 0,
+            prefetch: 0,
+            max_batch: 64,
+            pull_expires_ms: 5_000,
+            progress_interval_ms: 250,
+            retry_base_ms: 1_000,
+            retry_max_ms: 60_000,
+            shutdown_grace_secs: 20,
+            admin: crate::metrics::AdminArgs::default(),
+        }
+    }
+}
+
+impl RuntimeConfig {
+    /// Exponential backoff with "equal jitter": half the delay fixed, half random, so
+    /// replicas retrying the same failing dependency spread out.
+    pub fn retry_delay(&self, attempt: u32) -> Duration {
+        let exp = self
+            .retry_base_ms
+            .saturating_mul(1u64 << attempt.saturating_sub(1).min(20));
+        let capped = exp.min(self.retry_max_ms).max(1);
+        let half = capped / 2;
+        Duration::from_millis(half + rand::rng().random_range(0..=capped - half))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_grow_and_stay_capped() {
+        let config = RuntimeConfig {
+            retry_base_ms: 100,
+            retry_max_ms: 1_000,
+            ..Default::default()
+        };
+        for _ in 0..100 {
+            let first = config.retry_delay(1);
+            assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
+            let third = config.retry_delay(3);
+            assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400));
+            assert!(config.retry_delay(30) <= Duration::from_millis(1_000));
+        }
+    }
+}
