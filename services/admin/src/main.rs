@@ -52,13 +52,32 @@ struct LayoutArgs {
     /// Window in which a re-published job or event is dropped as a duplicate.
     #[arg(long, env = "JETJOBS_DUPLICATE_WINDOW_SECS", default_value_t = 120)]
     duplicate_window_secs: u64,
-    /// How long events and snapshots are kept.
+    /// How long events, dead letters and job snapshots are kept.
     #[arg(long, env = "JETJOBS_RETENTION_HOURS", default_value_t = 168)]
     retention_hours: u64,
+    /// Bytes `JOB_EVENTS` holds; full, processors cannot record outcomes and their jobs
+    /// wait (unacked) until events expire or this is raised.
+    #[arg(long, env = "JETJOBS_EVENTS_MAX_BYTES", default_value_t = Layout::default().events_max_bytes)]
+    events_max_bytes: i64,
+    /// Bytes `JOBS_DEAD` holds; full, failed jobs wait (unacked) for room.
+    #[arg(long, env = "JETJOBS_DEAD_MAX_BYTES", default_value_t = Layout::default().dead_max_bytes)]
+    dead_max_bytes: i64,
+    /// Bytes KV `job_status` holds; full, the gateway answers 503 to new jobs.
+    #[arg(long, env = "JETJOBS_STATUS_MAX_BYTES", default_value_t = Layout::default().status_max_bytes)]
+    status_max_bytes: i64,
+    /// How long an `Idempotency-Key` or a `PUT` id is remembered (the same request returns
+    /// the same job within it). At most the retention, which is also the default.
+    #[arg(long, env = "JETJOBS_IDEMPOTENCY_TTL_HOURS")]
+    idempotency_ttl_hours: Option<u64>,
+    /// Bytes KV `job_idempotency` holds; full, the gateway answers 503 to new jobs with an
+    /// `Idempotency-Key` or a client-chosen id.
+    #[arg(long, env = "JETJOBS_IDEMPOTENCY_MAX_BYTES", default_value_t = Layout::default().idempotency_max_bytes)]
+    idempotency_max_bytes: i64,
 }
 
 impl LayoutArgs {
     fn layout(&self) -> Layout {
+        let hours = |h: u64| Duration::from_secs(h.saturating_mul(3600));
         Layout {
             replicas: self.replicas,
             storage: if self.memory {
@@ -71,8 +90,13 @@ impl LayoutArgs {
             ack_wait: Duration::from_secs(self.ack_wait_secs),
             max_ack_pending: self.max_ack_pending,
             duplicate_window: Duration::from_secs(self.duplicate_window_secs),
-            retention: Duration::from_secs(self.retention_hours * 3600),
-            processors: vec![jetjobs_processor_io::spec(), jetjobs_processor_cpu::spec()],
+            retention: hours(self.retention_hours),
+            events_max_bytes: self.events_max_bytes,
+            dead_max_bytes: self.dead_max_bytes,
+            status_max_bytes: self.status_max_bytes,
+            idempotency_ttl: hours(self.idempotency_ttl_hours.unwrap_or(self.retention_hours)),
+            idempotency_max_bytes: self.idempotency_max_bytes,
+            // Every processor of `jetjobs::layout` (`Layout::default`).
             ..Layout::default()
         }
     }
@@ -94,6 +118,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Show(args) => {
             let layout = args.layout();
+            layout.validate()?;
             println!("{:#?}", layout.jobs_stream());
             println!("{:#?}", layout.events_stream());
             println!("{:#?}", layout.dead_stream());
@@ -104,6 +129,7 @@ async fn main() -> anyhow::Result<()> {
                 println!("{:#?}", layout.processor_consumer(spec));
             }
             println!("{:#?}", layout.status_consumer());
+            println!("{:#?}", layout.notifier_consumer());
         }
     }
     Ok(())

@@ -10,12 +10,12 @@ pub mod kinds;
 
 use clap::Parser;
 use jetjobs::config::NatsArgs;
-use jetjobs::layout::ProcessorSpec;
+use jetjobs::layout::{self, ProcessorSpec};
 use jetjobs::processor::{Processor, RuntimeConfig};
 use tokio_util::sync::CancellationToken;
 
 /// Service name: the NATS connection name and the durable consumer on `JOBS`.
-pub const NAME: &str = "processor-io";
+pub const NAME: &str = layout::PROCESSOR_IO;
 
 pub const DEFAULT_SLEEP_MAX_MS: u64 = 60_000;
 
@@ -55,9 +55,10 @@ pub fn processor(config: &Config) -> Processor {
         .handler(kinds::flaky::Flaky)
 }
 
-/// The consumer name and kinds, for provisioning; independent of any config.
+/// The consumer name and kinds, as `jetjobs::layout` lists them for provisioning; the
+/// handlers of [`processor`] serve exactly these kinds (tested below).
 pub fn spec() -> ProcessorSpec {
-    processor(&Config::local("nats://127.0.0.1:4222")).spec()
+    layout::processor_io()
 }
 
 /// Connects to NATS and runs jobs until `shutdown` is cancelled, then finishes or
@@ -66,4 +67,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     processor(&config)
         .serve(&config.nats, config.runtime.clone(), shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Provisioning gives the consumer the layout's kinds: with a handler for a kind the
+    /// layout lacks, the runtime refuses to start (its consumer would never deliver that
+    /// kind); a kind the layout has but no handler serves is never registered, so the
+    /// gateway refuses it, and a stray job of it would be handed back again and again.
+    #[test]
+    fn the_handlers_serve_exactly_the_layouts_kinds() {
+        let served = processor(&Config::local("nats://127.0.0.1:4222")).spec();
+        assert_eq!(served, spec(), "handlers (left) vs jetjobs::layout (right)");
+    }
 }

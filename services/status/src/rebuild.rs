@@ -225,7 +225,7 @@ pub async fn rebuild(
     }
 
     let mut stream = js
-        .get_stream(format!("KV_{}", options.bucket))
+        .get_stream(layout::bucket_stream(&options.bucket))
         .await
         .map_err(nats_err(format!("opening KV bucket {}", options.bucket)))?;
     report.jobs = stream
@@ -244,97 +244,21 @@ pub async fn rebuild(
     Ok(report)
 }
 
-/// Opens the bucket, or creates it with `job_status`'s configuration (as provisioned,
-/// so replicas, limits and storage match what the operator chose).
+/// Opens the bucket, or creates it like `job_status` (as provisioned, so replicas, limits
+/// and storage match what the operator chose).
 async fn open_or_create(
     js: &jetstream::Context,
     name: &str,
 ) -> Result<(kv::Store, bool), RebuildError> {
-    let created = match js.get_stream(format!("KV_{name}")).await {
-        Ok(_) => false,
-        Err(e) if stream_not_found(&e) => {
-            if name == layout::STATUS_BUCKET {
-                return Err(RebuildError::NoBucket(name.to_string()));
-            }
-            let mut template = match js.get_stream(format!("KV_{}", layout::STATUS_BUCKET)).await {
-                Ok(stream) => stream,
-                Err(e) if stream_not_found(&e) => {
-                    return Err(RebuildError::NoBucket(name.to_string()));
-                }
-                Err(e) => {
-                    return Err(nats_err(format!(
-                        "opening KV bucket {}",
-                        layout::STATUS_BUCKET
-                    ))(e));
-                }
-            };
-            let template = template
-                .info()
-                .await
-                .map_err(nats_err(format!(
-                    "reading KV bucket {}",
-                    layout::STATUS_BUCKET
-                )))?
-                .config
-                .clone();
-            js.create_key_value(kv::Config {
-                bucket: name.to_string(),
-                description: format!(
-                    "jetjobs job snapshots rebuilt from the streams (like {})",
-                    layout::STATUS_BUCKET
-                ),
-                history: template.max_messages_per_subject,
-                max_age: template.max_age,
-                max_bytes: template.max_bytes,
-                max_value_size: template.max_message_size,
-                storage: template.storage,
-                num_replicas: template.num_replicas,
-                compression: template
-                    .compression
-                    .is_some_and(|c| c != jetstream::stream::Compression::None),
-                ..Default::default()
-            })
-            .await
-            .map_err(nats_err(format!(
-                "creating KV bucket {name} like {} (max_bytes {})",
-                layout::STATUS_BUCKET,
-                template.max_bytes
-            )))?;
-            // As provisioning does: a full bucket drops its oldest entries rather than
-            // refusing writes.
-            let mut stream = js
-                .get_stream(format!("KV_{name}"))
-                .await
-                .map_err(nats_err(format!("opening KV bucket {name}")))?;
-            let mut config = stream
-                .info()
-                .await
-                .map_err(nats_err(format!("reading KV bucket {name}")))?
-                .config
-                .clone();
-            if config.discard != template.discard {
-                config.discard = template.discard;
-                js.update_stream(config)
-                    .await
-                    .map_err(nats_err(format!("configuring KV bucket {name}")))?;
-            }
-            true
-        }
-        Err(e) => return Err(nats_err(format!("opening KV bucket {name}"))(e)),
-    };
-    let bucket = js
-        .get_key_value(name)
-        .await
-        .map_err(nats_err(format!("opening KV bucket {name}")))?;
-    Ok((bucket, created))
-}
-
-fn stream_not_found(e: &jetstream::context::GetStreamError) -> bool {
-    matches!(
-        e.kind(),
-        jetstream::context::GetStreamErrorKind::JetStream(err)
-            if err.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
-    )
+    let description = format!(
+        "jetjobs job snapshots rebuilt from the streams (like {})",
+        layout::STATUS_BUCKET
+    );
+    match layout::open_or_create_bucket_like(js, name, layout::STATUS_BUCKET, &description).await {
+        Ok(opened) => Ok(opened),
+        Err(ProvisionError::Missing(_)) => Err(RebuildError::NoBucket(name.to_string())),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Which requests in `JOBS` a scan writes `queued` snapshots for.

@@ -5,7 +5,11 @@
 //! processors start, and every job that got a 202 must finish.
 //!
 //! Needs root (it mounts a tmpfs), as the suite's machines run it.
+//!
+//! Scenario 12: the stores reach their JetStream limits instead (see
+//! [`full_stores_refuse_new_jobs_and_forget_none`]).
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -13,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use base64::Engine as _;
+use jetjobs::layout::{self, Layout};
+use jetjobs::testing::NatsServer;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -444,4 +450,375 @@ fn wait_for_port(ports_dir: &Path) -> u16 {
         std::thread::sleep(Duration::from_millis(10));
     }
     panic!("nats-server did not report its port within 20 s");
+}
+
+/// `job_idempotency` in scenario 12: room for a few dozen claims.
+const CLAIMS_BYTES: i64 = 16 * 1024;
+/// `job_status` in scenario 12: room for a few hundred noop jobs' snapshots.
+const STATUS_BYTES: i64 = 256 * 1024;
+const STORE_WORKERS: usize = 4;
+/// Jobs submitted while `JOB_EVENTS` is full.
+const WHILE_EVENTS_FULL: usize = 12;
+
+/// Scenario 12: the stores reach their JetStream limits (not the disk), one after the
+/// other, with the services running. Every store is discard-new, so:
+///
+/// 1. `job_idempotency` is full: a new `Idempotency-Key` is refused (503) before anything
+///    is queued, and every key that got a 202 still answers with its own job;
+/// 2. `job_status` is full: new jobs are refused (503), and every job that got a 202 can
+///    still be read (no 404 after a 202);
+/// 3. the operator raises those limits, but `JOB_EVENTS` is full: jobs are accepted, and
+///    the processors cannot record outcomes, so the jobs stay in `JOBS`, unacked;
+/// 4. the operator raises that limit too: every accepted job (and every job a 503 said
+///    was queued) reaches one terminal state, and nothing else was made.
+///
+/// With discard-old stores (before) nothing was ever refused: the oldest claims and
+/// snapshots were dropped instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_stores_refuse_new_jobs_and_forget_none() {
+    let _turn = crate::serial().await;
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let js = jetstream::new(nats.client().await);
+    let layout_with = |change: &dyn Fn(&mut Layout)| {
+        let mut layout = Layout {
+            // A job whose outcome could not be recorded comes back soon.
+            ack_wait: Duration::from_secs(2),
+            ..Layout::default()
+        };
+        change(&mut layout);
+        layout
+    };
+    let small = layout_with(&|l| {
+        l.idempotency_max_bytes = CLAIMS_BYTES;
+        l.status_max_bytes = STATUS_BYTES;
+    });
+    layout::provision(&js, &small).await.expect("provision");
+    let _status = system::start_status(&url);
+    let _io = system::start_io(&url);
+    system::wait_for_kinds(&js, &["noop"]).await;
+    let (_gateway, base) = system::start_gateway(jetjobs_gateway::Config::local(&url)).await;
+    let http = system::http_client();
+
+    // 1. Claims fill up.
+    let claims = fill_store(&base, true).await;
+    let mut replays_wrong = Vec::new();
+    for (key, id) in &claims.accepted {
+        let key = key.as_deref().unwrap_or_default();
+        match submit_noop(&http, &base, Some(key)).await {
+            Ok((status, answer)) if status.is_success() && answer["id"] == id.as_str() => {}
+            Ok((status, answer)) => replays_wrong.push(format!("{key}: {status} {answer}")),
+            Err(e) => replays_wrong.push(format!("{key}: {e}")),
+        }
+    }
+
+    // 2. Snapshots fill up.
+    let snapshots = fill_store(&base, false).await;
+    let mut unreadable = Vec::new();
+    for (_, id) in claims.accepted.iter().chain(&snapshots.accepted) {
+        match http.get(format!("{base}/v1/jobs/{id}")).send().await {
+            Ok(response) if response.status() == StatusCode::OK => {}
+            Ok(response) => unreadable.push(format!("{id}: {}", response.status())),
+            Err(e) => unreadable.push(format!("{id}: {e}")),
+        }
+    }
+
+    // 3. More room for claims and snapshots, none for events.
+    let events_used = js
+        .get_stream(layout::EVENTS_STREAM)
+        .await
+        .expect("JOB_EVENTS")
+        .cached_info()
+        .state
+        .bytes;
+    let events_full = layout_with(&|l| {
+        l.events_max_bytes = i64::try_from(events_used).unwrap_or(i64::MAX).max(1);
+    });
+    let raised = layout::provision(&js, &events_full)
+        .await
+        .expect("raise the KV limits, cap the events");
+    let mut waiting = Vec::new();
+    let mut refused_while_events_full = Vec::new();
+    for _ in 0..WHILE_EVENTS_FULL {
+        match submit_noop(&http, &base, None).await {
+            Ok((StatusCode::ACCEPTED, answer)) => {
+                waiting.push(answer["id"].as_str().unwrap_or_default().to_string());
+            }
+            Ok((status, answer)) => refused_while_events_full.push(format!("{status} {answer}")),
+            Err(e) => refused_while_events_full.push(e.to_string()),
+        }
+    }
+    // The processor took them and could not record a start: they come back.
+    let consumer = js
+        .get_stream(layout::JOBS_STREAM)
+        .await
+        .expect("JOBS")
+        .get_consumer::<jetstream::consumer::pull::Config>(layout::PROCESSOR_IO)
+        .await
+        .expect("processor-io consumer");
+    let redelivered = system::eventually(Duration::from_secs(30), || {
+        let mut consumer = consumer.clone();
+        async move {
+            let info = consumer.info().await.ok()?;
+            (info.num_redelivered > 0).then_some(info.num_redelivered)
+        }
+    })
+    .await;
+    let in_jobs = stored_job_ids(&js).await;
+    let status = js
+        .get_key_value(layout::STATUS_BUCKET)
+        .await
+        .expect("job_status");
+    let mut not_waiting = Vec::new();
+    for id in &waiting {
+        let state = match status.get(id).await {
+            Ok(Some(bytes)) => serde_json::from_slice::<Value>(&bytes)
+                .ok()
+                .and_then(|v| v["state"].as_str().map(str::to_string)),
+            _ => None,
+        };
+        if !in_jobs.contains(id) || state.as_deref().is_some_and(system::is_terminal) {
+            not_waiting.push(format!(
+                "{id}: in JOBS {}, state {state:?}",
+                in_jobs.contains(id)
+            ));
+        }
+    }
+
+    // 4. Room for events again.
+    let repaired = Instant::now();
+    let fixed = layout::provision(&js, &layout_with(&|_| {}))
+        .await
+        .expect("raise the events limit");
+    let mut must_finish: Vec<String> = claims
+        .accepted
+        .iter()
+        .chain(&snapshots.accepted)
+        .map(|(_, id)| id.clone())
+        .collect();
+    let said_queued = claims.queued.len() + snapshots.queued.len();
+    must_finish.extend(claims.queued.iter().chain(&snapshots.queued).cloned());
+    must_finish.extend(waiting.iter().cloned());
+    let outcome = system::check_jobs(&js, &must_finish, Duration::from_secs(60)).await;
+    let recovery = outcome.lost.is_empty().then(|| repaired.elapsed());
+    // Refused requests left nothing behind: one snapshot per job we know of.
+    let mut kv_stream = js
+        .get_stream(layout::bucket_stream(layout::STATUS_BUCKET))
+        .await
+        .expect("KV_job_status");
+    let jobs_in_status = kv_stream.info().await.expect("info").state.subjects_count;
+    let probe = system::eventually(Duration::from_secs(30), || async {
+        let (status, answer) = submit_noop(&http, &base, None).await.ok()?;
+        (status == StatusCode::ACCEPTED).then_some(())?;
+        let id = answer["id"].as_str()?.to_string();
+        system::eventually(Duration::from_secs(15), || async {
+            let response = http.get(format!("{base}/v1/jobs/{id}")).send().await.ok()?;
+            let snapshot: Value = response.json().await.ok()?;
+            (snapshot["state"] == "succeeded").then_some(())
+        })
+        .await
+    })
+    .await;
+
+    let unexpected: Vec<&String> = claims
+        .unexpected
+        .iter()
+        .chain(&snapshots.unexpected)
+        .collect();
+    report::record(&Row {
+        number: 12,
+        scenario: "Stores full: idempotency claims, snapshots, events".to_string(),
+        jobs: must_finish.len(),
+        lost: outcome.lost.len(),
+        duplicated: outcome.duplicated.len(),
+        regressions: outcome.regressions,
+        recovery,
+        notes: format!(
+            "JetStream limits, not the disk: job_idempotency {} KB, job_status {} KB, every \
+             store discard-new. (1) {} keyed jobs got 202, then {} answers were 503 \
+             (first: {}); every accepted key submitted again answered with its own job ({} \
+             did not). (2) {} more jobs got 202, then {} answers were 503 (first: {}); {} of \
+             the 503s said the job was queued anyway; {} accepted jobs could not be read. (3) \
+             the KV limits were raised and JOB_EVENTS capped at its {} bytes: {} of {} new \
+             jobs got 202, stayed in JOBS unfinished while the processor could not record \
+             them (redeliveries: {}). (4) JOB_EVENTS raised again: time to recover = until \
+             every accepted job (and every job a 503 said was queued) was terminal.",
+            CLAIMS_BYTES / 1024,
+            STATUS_BYTES / 1024,
+            claims.accepted.len(),
+            claims.refused,
+            claims.first_refusal.as_deref().unwrap_or("none"),
+            replays_wrong.len(),
+            snapshots.accepted.len(),
+            snapshots.refused,
+            snapshots.first_refusal.as_deref().unwrap_or("none"),
+            said_queued,
+            unreadable.len(),
+            events_used,
+            waiting.len(),
+            WHILE_EVENTS_FULL,
+            redelivered.map_or_else(|| "none seen".to_string(), |n| n.to_string()),
+        ),
+    });
+
+    assert!(
+        unexpected.is_empty(),
+        "answers other than 202 or 503 problem+json: {unexpected:?}"
+    );
+    assert!(
+        claims.refused > 0,
+        "a full job_idempotency never refused a claim"
+    );
+    assert!(
+        replays_wrong.is_empty(),
+        "accepted keys that lost their job: {replays_wrong:?}"
+    );
+    assert!(
+        snapshots.refused > 0,
+        "a full job_status never refused a job"
+    );
+    assert!(
+        unreadable.is_empty(),
+        "202'd jobs that could not be read: {unreadable:?}"
+    );
+    for object in [
+        "KV bucket job_idempotency",
+        "KV bucket job_status",
+        "stream JOB_EVENTS",
+    ] {
+        assert!(raised.updated.contains(&object.to_string()), "{raised}");
+    }
+    assert!(
+        fixed.updated.contains(&"stream JOB_EVENTS".to_string()),
+        "{fixed}"
+    );
+    assert!(
+        refused_while_events_full.is_empty(),
+        "a full JOB_EVENTS refused submissions: {refused_while_events_full:?}"
+    );
+    assert!(
+        redelivered.is_some(),
+        "jobs waiting for room were never redelivered"
+    );
+    assert!(
+        not_waiting.is_empty(),
+        "jobs that did not wait in JOBS: {not_waiting:?}"
+    );
+    assert!(outcome.lost.is_empty(), "lost: {:?}", outcome.lost);
+    assert!(
+        outcome.duplicated.is_empty(),
+        "duplicated: {:?}",
+        outcome.duplicated
+    );
+    assert_eq!(outcome.regressions, 0, "regressions");
+    let known: HashSet<&String> = must_finish.iter().collect();
+    assert_eq!(
+        jobs_in_status,
+        known.len() as u64,
+        "job_status holds jobs nobody was told about"
+    );
+    assert!(
+        probe.is_some(),
+        "a new job ran after the limits were raised"
+    );
+}
+
+#[derive(Default)]
+struct StoreFill {
+    /// The `Idempotency-Key` (if any) and job id of each 202.
+    accepted: Vec<(Option<String>, String)>,
+    /// 503s.
+    refused: usize,
+    /// Jobs a 503 named as queued all the same: they must run too.
+    queued: Vec<String>,
+    first_refusal: Option<String>,
+    unexpected: Vec<String>,
+}
+
+/// Submits noop jobs from [`STORE_WORKERS`] clients (each with a fresh `Idempotency-Key`
+/// if `keyed`) until each has been refused [`REFUSALS_PER_WORKER`] times, or a minute
+/// has passed.
+async fn fill_store(base: &str, keyed: bool) -> StoreFill {
+    let fill = Arc::new(Mutex::new(StoreFill::default()));
+    let workers: Vec<_> = (0..STORE_WORKERS)
+        .map(|w| {
+            let (base, fill) = (base.to_string(), fill.clone());
+            tokio::spawn(async move {
+                let http = system::http_client();
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let mut refused = 0;
+                let mut n = 0;
+                while refused < REFUSALS_PER_WORKER && Instant::now() < deadline {
+                    n += 1;
+                    // The server is this scenario's own: keys need only differ from each other.
+                    let key = keyed.then(|| format!("fill-{w}-{n}"));
+                    let mut request = http
+                        .post(format!("{base}/v1/jobs"))
+                        .json(&json!({"kind": "noop"}));
+                    if let Some(key) = &key {
+                        request = request.header("idempotency-key", key);
+                    }
+                    let response = match request.send().await {
+                        Ok(response) => response,
+                        Err(e) => {
+                            fill.lock()
+                                .expect("fill")
+                                .unexpected
+                                .push(format!("no answer: {e}"));
+                            refused += 1;
+                            continue;
+                        }
+                    };
+                    if response.status() == StatusCode::ACCEPTED {
+                        let answer: Value = response.json().await.unwrap_or(Value::Null);
+                        note_store(&fill, |fill| match answer["id"].as_str() {
+                            Some(id) => fill.accepted.push((key, id.to_string())),
+                            None => fill.unexpected.push(format!("202 without an id: {answer}")),
+                        });
+                        continue;
+                    }
+                    refused += 1;
+                    let checked = problem(response, StatusCode::SERVICE_UNAVAILABLE).await;
+                    note_store(&fill, |fill| match checked {
+                        Ok(problem) => {
+                            fill.refused += 1;
+                            if let Some(id) = problem["job_id"].as_str() {
+                                fill.queued.push(id.to_string());
+                            }
+                            if fill.first_refusal.is_none() {
+                                fill.first_refusal = problem["detail"].as_str().map(str::to_string);
+                            }
+                        }
+                        Err(e) => fill.unexpected.push(e),
+                    });
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.expect("fill worker");
+    }
+    std::mem::take(&mut *fill.lock().expect("fill"))
+}
+
+fn note_store(fill: &Mutex<StoreFill>, change: impl FnOnce(&mut StoreFill)) {
+    change(&mut fill.lock().expect("fill"));
+}
+
+/// POSTs a noop job; returns the status and the body as JSON.
+async fn submit_noop(
+    http: &reqwest::Client,
+    base: &str,
+    key: Option<&str>,
+) -> reqwest::Result<(StatusCode, Value)> {
+    let mut request = http
+        .post(format!("{base}/v1/jobs"))
+        .json(&json!({"kind": "noop"}));
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    let response = request.send().await?;
+    let status = response.status();
+    Ok((status, response.json().await.unwrap_or(Value::Null)))
 }

@@ -166,6 +166,9 @@ async fn a_rebuilt_bucket_equals_the_live_one() {
     assert_eq!(a.max_messages_per_subject, b.max_messages_per_subject);
     assert_eq!((a.max_age, a.max_bytes), (b.max_age, b.max_bytes));
     assert_eq!((a.discard, a.storage), (b.discard, b.storage));
+    // A full rebuilt bucket refuses writes (the rebuild reports them as failed) rather
+    // than dropping the oldest snapshots it has just written.
+    assert_eq!(b.discard, async_nats::jetstream::stream::DiscardPolicy::New);
 
     // Again onto the same bucket: nothing moves.
     let again = rebuild::rebuild(&setup.js, &Options::new("job_status_rebuilt"), &shutdown)
