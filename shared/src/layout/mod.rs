@@ -280,7 +280,10 @@ impl Layout {
             description: Some(
                 "jetjobs notifier: delivers webhooks for job events (not its own records)".into(),
             ),
-            filter_subjects: vec![subjects::EVENTS_JOBS_ONLY.into()],
+            filter_subjects: vec![
+                subjects::EVENTS_JOBS_ONLY.into(),
+                subjects::EVENTS_PROGRESS.into(),
+            ],
             ack_policy: AckPolicy::Explicit,
             deliver_policy: DeliverPolicy::All,
             ack_wait: self.notifier_ack_wait,
