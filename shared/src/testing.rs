@@ -620,7 +620,7 @@ impl ProcessorHarness {
         kind: &str,
         payload: serde_json::Value,
     ) -> Vec<crate::JobEvent> {
-        use crate::subjects::{self, headers};
+        use crate::subjects;
         use futures::StreamExt as _;
 
         let kind = crate::Kind::new(kind).expect("valid kind");
@@ -635,22 +635,26 @@ impl ProcessorHarness {
             callback_url: None,
             callback_events: None,
         };
-        let mut events = self
+        // The job's own subject and its progress reports, which have a subject of their own.
+        let own = self
             .client
             .subscribe(subjects::event(&kind, request.id))
             .await
             .expect("subscribe to the job's events");
-        let mut message_headers = async_nats::HeaderMap::new();
-        message_headers.insert(headers::MSG_ID, request.id.to_string().as_str());
-        message_headers.insert(headers::KIND, kind.as_str());
-        message_headers.insert(headers::JOB_ID, request.id.to_string().as_str());
-        let body = serde_json::to_vec(&request).expect("encode the request");
+        let progress = self
+            .client
+            .subscribe(subjects::progress(&kind, request.id))
+            .await
+            .expect("subscribe to the job's progress");
+        let mut events = futures::stream::select(own, progress);
+        let message = crate::protocol::job_message(
+            &request,
+            &request.id.to_string(),
+            async_nats::HeaderMap::new(),
+        )
+        .expect("encode the request");
         self.js
-            .publish_with_headers(
-                subjects::submit(&kind, request.id),
-                message_headers,
-                body.into(),
-            )
+            .publish_with_headers(message.subject, message.headers, message.payload)
             .await
             .expect("publish the job")
             .await

@@ -80,7 +80,7 @@ struct Worker {
 /// the possible outcomes.
 #[derive(Clone, Debug)]
 enum Step {
-    Step { worker: usize, choice: u8 },
+    Advance { worker: usize, choice: u8 },
     Redeliver,
     Cancel,
     Retry,
@@ -89,7 +89,7 @@ enum Step {
 
 fn step_strategy() -> impl Strategy<Value = Step> {
     prop_oneof![
-        6 => (0usize..4, any::<u8>()).prop_map(|(worker, choice)| Step::Step { worker, choice }),
+        6 => (0usize..4, any::<u8>()).prop_map(|(worker, choice)| Step::Advance { worker, choice }),
         2 => Just(Step::Redeliver),
         1 => Just(Step::Cancel),
         1 => Just(Step::Retry),
@@ -447,14 +447,14 @@ proptest! {
         let mut world = World::new(request(id, 0));
         for step in steps {
             match step {
-                Step::Step { worker, choice } => world.step_worker(worker, choice),
+                Step::Advance { worker, choice } => world.step_worker(worker, choice),
                 Step::Redeliver => {
                     if world.workers.len() < 8 {
                         world.deliver();
                     }
                 }
                 Step::Cancel => world.cancel(id),
-                Step::Retry => world.retry(world.workers.len() % 2 == 0),
+                Step::Retry => world.retry(world.workers.len().is_multiple_of(2)),
                 Step::ForgetDuplicates => world.subject.window.clear(),
             }
             world.check()?;

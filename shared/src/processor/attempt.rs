@@ -413,28 +413,26 @@ impl Runtime {
     /// waits until the dead letter is there, or the job would never reach `JOBS_DEAD`.
     async fn settle_finished(&self, delivery: &Delivery) {
         let request = &delivery.request;
-        match self.events.last(&request.kind, request.id).await {
-            Ok(Some((_, event))) => match event.change {
-                Change::Failed { error } => {
-                    if self
-                        .ensure_dead_letter(
-                            &delivery.message,
-                            request,
-                            event.attempt,
-                            &error,
-                            &delivery.trace,
-                        )
-                        .await
-                    {
-                        self.ack(&delivery.message).await;
-                    }
-                }
-                change if change.is_terminal() => self.ack(&delivery.message).await,
-                // Not ended after all (a newer run): that run settles the job.
-                _ => {}
-            },
-            // Aged out, or unreadable: redelivery decides again.
-            Ok(None) | Err(_) => {}
+        // Aged out, or unreadable: redelivery decides again.
+        let Ok(Some((_, event))) = self.events.last(&request.kind, request.id).await else {
+            return;
+        };
+        let settled = match event.change {
+            Change::Failed { error } => {
+                self.ensure_dead_letter(
+                    &delivery.message,
+                    request,
+                    event.attempt,
+                    &error,
+                    &delivery.trace,
+                )
+                .await
+            }
+            change => change.is_terminal(),
+        };
+        // Not ended after all (a newer run) settles nothing: that run acks the job.
+        if settled {
+            self.ack(&delivery.message).await;
         }
     }
 
