@@ -72,10 +72,14 @@ async fn provisioning_is_idempotent_and_describes_what_it_made() {
         .consumer_info(layout::NOTIFIER_CONSUMER)
         .await
         .expect("notifier consumer");
-    // Not its own records: `jobs.events.<kind>.<id>.webhook` stays out.
+    // The jobs' events and progress reports, not its own records
+    // (`jobs.events.<kind>.<id>.webhook` stays out).
     assert_eq!(
         notifier.config.filter_subjects,
-        vec!["jobs.events.*.*".to_string()]
+        vec![
+            "jobs.events.*.*".to_string(),
+            "jobs.events.*.*.progress".to_string()
+        ]
     );
     assert_eq!(notifier.config.max_deliver, -1);
     let consumer = jobs
@@ -133,10 +137,14 @@ async fn changed_limits_are_updated_and_a_new_kind_widens_the_filter() {
         .consumer_info(layout::NOTIFIER_CONSUMER)
         .await
         .expect("notifier consumer");
-    // Not its own records: `jobs.events.<kind>.<id>.webhook` stays out.
+    // The jobs' events and progress reports, not its own records
+    // (`jobs.events.<kind>.<id>.webhook` stays out).
     assert_eq!(
         notifier.config.filter_subjects,
-        vec!["jobs.events.*.*".to_string()]
+        vec![
+            "jobs.events.*.*".to_string(),
+            "jobs.events.*.*.progress".to_string()
+        ]
     );
     assert_eq!(notifier.config.max_deliver, -1);
     let consumer = jobs
