@@ -365,7 +365,11 @@ impl System {
         let stream = self.js.get_stream("JOB_EVENTS").await.expect("stream");
         let consumer = stream
             .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
-                filter_subject: format!("jobs.events.{kind}.{id}"),
+                // The job's own subject and its progress reports.
+                filter_subjects: vec![
+                    format!("jobs.events.{kind}.{id}"),
+                    format!("jobs.events.{kind}.{id}.progress"),
+                ],
                 ..Default::default()
             })
             .await
