@@ -107,7 +107,9 @@ impl Runtime {
         let payload = std::mem::take(&mut request.payload);
         // One span per attempt, a child of the span that submitted the job (the gateway's
         // request): a job is one trace however many attempts and replicas it takes.
+        // The processor runtime's spans keep one target whatever file they are made in.
         let span = tracing::info_span!(
+            target: "jetjobs::processor",
             "job",
             otel.name = %format_args!("process {}", request.kind),
             otel.kind = "consumer",
@@ -124,7 +126,7 @@ impl Runtime {
             crate::trace_context::extract(message.headers.as_ref()),
         );
         let delivery = Delivery {
-            trace: trace_headers(message.headers.as_ref()),
+            trace: HeaderMap::new(),
             message,
             request: Arc::new(request),
         };
@@ -135,12 +137,14 @@ impl Runtime {
 
     async fn attempt(
         &self,
-        delivery: Delivery,
+        mut delivery: Delivery,
         mut fence: Fence,
         payload: serde_json::Value,
         requeue: bool,
         release: CancellationToken,
     ) {
+        // Inside the attempt's span: every message about this run carries its context.
+        delivery.trace = trace_headers(delivery.message.headers.as_ref());
         let request = Arc::clone(&delivery.request);
         let Some(handler) = self.handlers.get(&request.kind).cloned() else {
             // A replica older than the consumer's filter (a rolling deploy): another
