@@ -716,3 +716,35 @@ pub fn metric_sample(text: &str, name: &str, labels: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(&prefix))
         .and_then(|value| value.trim().parse().ok())
 }
+
+/// Checks that a kind's registered schema refuses at submit exactly what its handler
+/// refuses: for every payload, the gateway's verdict (`schema`, compiled as the
+/// gateway compiles it) and the handler's (`accepts`) must be the same.
+///
+/// # Panics
+/// Listing every payload on which they disagree, or if the schema does not compile.
+pub fn assert_schema_agrees(
+    schema: &serde_json::Value,
+    payloads: &[serde_json::Value],
+    accepts: impl Fn(&serde_json::Value) -> bool,
+) {
+    let validator = match jsonschema::validator_for(schema) {
+        Ok(v) => v,
+        Err(e) => panic!("the schema does not compile: {e}\n{schema:#}"),
+    };
+    let disagreements: Vec<String> = payloads
+        .iter()
+        .filter_map(|payload| {
+            let by_schema = validator.is_valid(payload);
+            let by_handler = accepts(payload);
+            (by_schema != by_handler).then(|| {
+                format!("{payload}: schema accepts {by_schema}, handler accepts {by_handler}")
+            })
+        })
+        .collect();
+    assert!(
+        disagreements.is_empty(),
+        "schema and handler disagree on:\n{}\nschema: {schema:#}",
+        disagreements.join("\n")
+    );
+}

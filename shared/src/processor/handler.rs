@@ -80,11 +80,39 @@ pub trait Handler: Send + Sync + 'static {
 
     fn def(&self) -> KindDef;
 
+    /// The payload's JSON Schema, registered in `job_kinds`; the gateway refuses (422)
+    /// at submit what it does not accept. Derived from `Payload`; a kind whose limits
+    /// are configured at run time adds them with [`constrain`], so that the schema
+    /// refuses whatever the handler would fail for.
+    fn schema(&self) -> Value {
+        schema_of::<Self::Payload>()
+    }
+
     fn handle(
         &self,
         payload: Self::Payload,
         ctx: JobContext,
     ) -> impl Future<Output = Result<Self::Output, JobError>> + Send;
+}
+
+/// The JSON Schema of `T`, as JSON.
+pub fn schema_of<T: JsonSchema>() -> Value {
+    serde_json::to_value(schemars::schema_for!(T)).unwrap_or(Value::Null)
+}
+
+/// Adds `keywords` (an object, e.g. `{"minimum": 1}`) to the schema of `property`, a
+/// top-level property of `schema`. A schema without that property is left alone.
+pub fn constrain(schema: &mut Value, property: &str, keywords: Value) {
+    let (Some(target), Value::Object(keywords)) = (
+        schema
+            .get_mut("properties")
+            .and_then(|p| p.get_mut(property))
+            .and_then(Value::as_object_mut),
+        keywords,
+    ) else {
+        return;
+    };
+    target.extend(keywords);
 }
 
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -102,7 +130,7 @@ impl<H: Handler> ErasedHandler for H {
     }
 
     fn schema(&self) -> Value {
-        serde_json::to_value(schemars::schema_for!(H::Payload)).unwrap_or(Value::Null)
+        Handler::schema(self)
     }
 
     fn call(&self, payload: Value, ctx: JobContext) -> BoxFuture<'_, Result<Value, JobError>> {

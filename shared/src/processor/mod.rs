@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::RuntimeConfig;
 pub use dead::ERROR_HEADER;
 use handler::ErasedHandler;
-pub use handler::{Handler, JobContext, JobError, KindDef};
+pub use handler::{Handler, JobContext, JobError, KindDef, constrain, schema_of};
 pub(crate) use runtime::panic_message;
 
 use crate::job::Kind;

@@ -1,8 +1,12 @@
-//! The results table in `docs/reliability.md`, written by the suite itself.
+//! The results table of `docs/reliability.md`, written by the suite itself.
 //!
-//! Each scenario stores its row as `target/reliability/<number>.json`; after every
-//! scenario the table is rendered again from all rows present, so a run of the whole
-//! suite rewrites every row, and a run of one scenario updates only its own.
+//! Each scenario stores its row as `target/reliability/<number>.json`. When the run asks
+//! for the report (`JETJOBS_RELIABILITY_REPORT=<path>`, relative to the workspace root;
+//! `.ci/run` asks for `target/reliability.md`), the table is rendered there again from
+//! all rows present after every scenario, so a run of the whole suite rewrites every
+//! row, and a run of one scenario updates only its own. A plain local run leaves the
+//! tracked `docs/reliability.md` alone; to refresh it:
+//! `JETJOBS_RELIABILITY_REPORT=docs/reliability.md cargo test -p jetjobs-gateway --test faults`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -36,7 +40,7 @@ fn workspace_root() -> PathBuf {
         .expect("workspace root")
 }
 
-/// Stores `row` and renders `docs/reliability.md` again.
+/// Stores `row` and, if the run asks for the report, renders it again.
 pub fn record(row: &Row) {
     let root = workspace_root();
     let rows_dir = root.join("target/reliability");
@@ -53,16 +57,25 @@ pub fn record(row: &Row) {
         .filter_map(|bytes| serde_json::from_slice(&bytes).ok())
         .collect();
     rows.sort_by_key(|r| r.number);
-    let docs = root.join("docs");
-    std::fs::create_dir_all(&docs).expect("create docs/");
-    std::fs::write(docs.join("reliability.md"), render(&rows)).expect("write docs/reliability.md");
+    let Some(report) = std::env::var_os("JETJOBS_RELIABILITY_REPORT").filter(|p| !p.is_empty())
+    else {
+        return;
+    };
+    let report = root.join(report);
+    if let Some(dir) = report.parent() {
+        std::fs::create_dir_all(dir).expect("create the report's directory");
+    }
+    std::fs::write(&report, render(&rows))
+        .unwrap_or_else(|e| panic!("write {}: {e}", report.display()));
 }
 
 fn render(rows: &[Row]) -> String {
     let mut out = String::from(
         "# Reliability: fault-injection results\n\n\
          Written by the fault-injection suite (`services/gateway/tests/faults`), which runs in\n\
-         `.ci/run`; do not edit by hand. Each scenario runs a real workload against a real\n\
+         `.ci/run` (its report: `target/reliability.md`); do not edit by hand. To refresh\n\
+         this page: `JETJOBS_RELIABILITY_REPORT=docs/reliability.md cargo test -p\n\
+         jetjobs-gateway --test faults`. Each scenario runs a real workload against a real\n\
          `nats-server`, injects its fault, and then checks every job that got a 202:\n\n\
          - **lost**: it never reached a terminal state;\n\
          - **duplicated**: it ran to success more than once, or has more than one terminal event;\n\

@@ -179,16 +179,28 @@ async fn a_payload_that_does_not_fit_the_kinds_schema_is_refused_at_the_door() {
             .is_some_and(|p| p.starts_with("/payload/size")),
         "{problem}"
     );
+    // The limits the handler checks are in the schema too: nothing that would only
+    // fail later is accepted.
+    for payload in [
+        json!({"size": 1, "rounds": 0}),
+        json!({"size": 1, "data_b64": "", "rounds": 1}),
+        json!({"rounds": 1}),
+    ] {
+        let response = system
+            .post(&json!({"kind": "hash", "payload": payload}))
+            .await;
+        crate::helpers::assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+    }
     assert_eq!(
         system.stream_last_seq("JOBS").await,
         0,
         "nothing was queued"
     );
 
-    // What a schema cannot say (one of data_b64 or size) the processor checks: the job
+    // What a schema cannot say (that the text is base64) the processor checks: the job
     // fails at once, without retries, and is kept in the dead-letter stream.
     let job = system
-        .submit("hash", json!({"size": 1, "data_b64": "", "rounds": 1}))
+        .submit("hash", json!({"data_b64": "not base64!", "rounds": 1}))
         .await;
     let failed = system
         .wait_terminal(job["id"].as_str().expect("id"), WAIT)

@@ -3,9 +3,10 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use jetjobs::processor::{Handler, JobContext, JobError, KindDef};
+use jetjobs::processor::{Handler, JobContext, JobError, KindDef, constrain, schema_of};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
 pub const KIND: &str = "hash";
@@ -71,6 +72,30 @@ impl Handler for Hash {
         )
     }
 
+    /// The derived schema plus what [`validate`] checks: `rounds` within 1..=max,
+    /// `size` and the decoded `data_b64` within the input limit, exactly one of the two.
+    fn schema(&self) -> serde_json::Value {
+        let mut schema = schema_of::<HashRequest>();
+        let limits = &self.limits;
+        constrain(
+            &mut schema,
+            "rounds",
+            json!({"minimum": 1, "maximum": limits.max_rounds}),
+        );
+        constrain(&mut schema, "size", json!({"maximum": limits.max_bytes}));
+        constrain(&mut schema, "data_b64", base64_bound(limits.max_bytes));
+        if let Some(object) = schema.as_object_mut() {
+            object.insert(
+                "oneOf".into(),
+                json!([
+                    {"required": ["data_b64"], "properties": {"data_b64": {"type": "string"}}},
+                    {"required": ["size"], "properties": {"size": {"type": "integer"}}}
+                ]),
+            );
+        }
+        schema
+    }
+
     async fn handle(&self, payload: HashRequest, ctx: JobContext) -> Result<HashResult, JobError> {
         let (source, rounds) = validate(payload, &self.limits)?;
         let max_bytes = self.limits.max_bytes;
@@ -90,6 +115,21 @@ impl Handler for Hash {
             })
         })
         .await?
+    }
+}
+
+/// The schema of padded base64 that decodes to at most `max_bytes` bytes. A length
+/// bounds the bytes only to a group of 4 characters (3 bytes); at the longest length,
+/// the padding says how many bytes the last group holds.
+fn base64_bound(max_bytes: u64) -> serde_json::Value {
+    let max_len = max_bytes.div_ceil(3).saturating_mul(4);
+    match max_bytes % 3 {
+        0 => json!({"maxLength": max_len}),
+        rest => json!({
+            "maxLength": max_len,
+            "if": {"type": "string", "minLength": max_len},
+            "then": {"pattern": if rest == 1 { "==$" } else { "=$" }},
+        }),
     }
 }
 
@@ -281,6 +321,42 @@ mod tests {
 
     use super::*;
     use serde_json::json;
+
+    /// Every refusal of [`validate`] and [`Source::into_input`] is a 422 at submit, and
+    /// nothing the handler accepts is refused, at each residue of the byte limit.
+    #[test]
+    fn the_schema_refuses_what_the_handler_refuses() {
+        for max_bytes in [9, 10, 11] {
+            let limits = HashLimits {
+                max_bytes,
+                max_rounds: 5,
+            };
+            let mut payloads = vec![
+                json!({"rounds": 1}),
+                json!({"size": 1, "data_b64": "AA==", "rounds": 1}),
+                json!({"size": 1, "data_b64": null, "rounds": 1}),
+                json!({"size": 1, "rounds": 1, "extra": true}),
+                json!({"size": -1, "rounds": 1}),
+                json!({"size": 1, "rounds": "1"}),
+            ];
+            for rounds in [0, 1, 5, 6] {
+                for size in [0, max_bytes, max_bytes + 1] {
+                    payloads.push(json!({"size": size, "rounds": rounds}));
+                }
+                for len in 0..=max_bytes as usize + 4 {
+                    let data = STANDARD.encode(vec![7u8; len]);
+                    payloads.push(json!({"data_b64": data, "rounds": rounds}));
+                }
+            }
+            let hash = Hash::new(limits);
+            jetjobs::testing::assert_schema_agrees(&Handler::schema(&hash), &payloads, |p| {
+                serde_json::from_value::<HashRequest>(p.clone())
+                    .ok()
+                    .and_then(|request| validate(request, &limits).ok())
+                    .is_some_and(|(source, _)| source.into_input(limits.max_bytes).is_ok())
+            });
+        }
+    }
 
     const LIMITS: HashLimits = HashLimits {
         max_bytes: 1024 * 1024,

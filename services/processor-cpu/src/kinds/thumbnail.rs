@@ -7,9 +7,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use image::imageops::FilterType;
 use image::{DynamicImage, ImageError, ImageFormat, ImageReader};
-use jetjobs::processor::{Handler, JobContext, JobError, KindDef};
+use jetjobs::processor::{Handler, JobContext, JobError, KindDef, constrain, schema_of};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 pub const KIND: &str = "thumbnail";
 
@@ -66,6 +67,15 @@ impl Handler for Thumbnail {
             KIND,
             "Shrinks a PNG or JPEG (`image_b64`) to fit `width` × `height`, keeping its aspect ratio; returns a PNG.",
         )
+    }
+
+    /// The derived schema plus what [`check_box`] checks.
+    fn schema(&self) -> serde_json::Value {
+        let mut schema = schema_of::<ThumbnailRequest>();
+        let bounds = json!({"minimum": 1, "maximum": self.limits.max_dimension});
+        constrain(&mut schema, "width", bounds.clone());
+        constrain(&mut schema, "height", bounds);
+        schema
     }
 
     async fn handle(
@@ -234,6 +244,33 @@ fn decode(bytes: &[u8], limits: &ThumbnailLimits) -> Result<DynamicImage, JobErr
 mod tests {
     use super::*;
     use image::{Rgb, RgbImage};
+
+    /// The box's limits are refused at submit; the image itself (its format, its size)
+    /// can only be judged by decoding it, which is the handler's.
+    #[test]
+    fn the_schema_refuses_the_boxes_the_handler_refuses() {
+        let limits = ThumbnailLimits {
+            max_dimension: 64,
+            ..LIMITS
+        };
+        let mut payloads = vec![
+            json!({"width": 1, "height": 1}),
+            json!({"image_b64": "AA==", "width": 1}),
+            json!({"image_b64": "AA==", "width": 1, "height": 1, "x": 0}),
+            json!({"image_b64": "AA==", "width": -1, "height": 1}),
+            json!({"image_b64": 5, "width": 1, "height": 1}),
+        ];
+        for width in [0, 1, 64, 65] {
+            for height in [0, 1, 64, 65] {
+                payloads.push(json!({"image_b64": "AA==", "width": width, "height": height}));
+            }
+        }
+        let thumbnail = Thumbnail::new(limits);
+        jetjobs::testing::assert_schema_agrees(&Handler::schema(&thumbnail), &payloads, |p| {
+            serde_json::from_value::<ThumbnailRequest>(p.clone())
+                .is_ok_and(|r| check_box(r.width, r.height, &limits).is_ok())
+        });
+    }
 
     const LIMITS: ThumbnailLimits = ThumbnailLimits {
         max_dimension: 4096,

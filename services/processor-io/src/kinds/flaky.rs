@@ -54,6 +54,8 @@ pub struct Flaky;
 
 /// Longest work time an attempt may ask for, so a flaky job cannot pin a slot for long.
 const MAX_MS: u64 = 60_000;
+/// Most failing attempts a request may ask for.
+const MAX_TIMES: u32 = 100;
 
 impl Handler for Flaky {
     type Payload = FlakyRequest;
@@ -72,12 +74,7 @@ impl Handler for Flaky {
         payload: FlakyRequest,
         ctx: JobContext,
     ) -> Result<FlakyResult, JobError> {
-        if payload.ms > MAX_MS {
-            return Err(JobError::permanent(format!(
-                "ms = {} is above the limit of {MAX_MS} ms",
-                payload.ms
-            )));
-        }
+        check(&payload)?;
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(payload.ms)) => {}
             () = ctx.cancelled() => return Err(JobError::retryable("cancelled")),
@@ -102,10 +99,45 @@ impl Handler for Flaky {
     }
 }
 
+/// The limits, also in the schema (`#[schemars(range)]` above).
+fn check(payload: &FlakyRequest) -> Result<(), JobError> {
+    if payload.ms > MAX_MS {
+        return Err(JobError::permanent(format!(
+            "ms = {} is above the limit of {MAX_MS} ms",
+            payload.ms
+        )));
+    }
+    if let Some(times) = payload.times.filter(|&t| t > MAX_TIMES) {
+        return Err(JobError::permanent(format!(
+            "times = {times} is above the limit of {MAX_TIMES}"
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_schema_refuses_what_the_handler_refuses() {
+        let payloads = [
+            json!({}),
+            json!({"fail": "hang"}),
+            json!({"fail": "sometimes"}),
+            json!({"times": 100}),
+            json!({"times": 101}),
+            json!({"times": null}),
+            json!({"times": -1}),
+            json!({"ms": 60000}),
+            json!({"ms": 60001}),
+            json!({"y": 1}),
+        ];
+        jetjobs::testing::assert_schema_agrees(&Handler::schema(&Flaky), &payloads, |p| {
+            serde_json::from_value::<FlakyRequest>(p.clone()).is_ok_and(|r| check(&r).is_ok())
+        });
+    }
 
     #[test]
     fn defaults_to_failing_every_attempt_retryably() {

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use jetjobs::kinds::DEFAULT_TIMEOUT_SECS;
-use jetjobs::processor::{Handler, JobContext, JobError, KindDef};
+use jetjobs::processor::{Handler, JobContext, JobError, KindDef, constrain, schema_of};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -53,6 +53,17 @@ impl Handler for Sleep {
             ),
         )
         .timeout_secs(timeout)
+    }
+
+    /// The derived schema plus the configured cap ([`check_cap`]).
+    fn schema(&self) -> serde_json::Value {
+        let mut schema = schema_of::<SleepRequest>();
+        constrain(
+            &mut schema,
+            "ms",
+            serde_json::json!({"maximum": self.max_ms}),
+        );
+        schema
     }
 
     async fn handle(
@@ -109,6 +120,24 @@ pub async fn sleep_for(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_schema_refuses_what_the_handler_refuses() {
+        let payloads = [
+            json!({}),
+            json!({"ms": -1}),
+            json!({"ms": 0}),
+            json!({"ms": 1000}),
+            json!({"ms": 1001}),
+            json!({"ms": 1.5}),
+            json!({"ms": 1, "x": 1}),
+        ];
+        let sleep = Sleep::new(1000);
+        jetjobs::testing::assert_schema_agrees(&Handler::schema(&sleep), &payloads, |p| {
+            serde_json::from_value::<SleepRequest>(p.clone())
+                .is_ok_and(|r| check_cap(r.ms, 1000).is_ok())
+        });
+    }
 
     #[test]
     fn payload_is_strict() {
