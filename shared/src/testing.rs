@@ -67,6 +67,11 @@ impl NatsServer {
         self.port
     }
 
+    /// The server's process id, while it runs (to signal it with the services).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn store_dir(&self) -> PathBuf {
         self.dir.path().join("store")
     }

@@ -5,7 +5,9 @@ use jetjobs_processor_io::{Config, NAME, run};
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let telemetry = jetjobs::telemetry::init(NAME)?;
-    let shutdown = jetjobs::shutdown::on_signal();
+    let shutdown = jetjobs::shutdown::on_signal_within(std::time::Duration::from_secs(
+        config.runtime.shutdown_grace_secs,
+    ));
     let result = run(config, shutdown).await;
     telemetry.shutdown().await;
     result

@@ -2,8 +2,9 @@
 //! nats-server, breaks something on purpose, and checks that every job that got a 202
 //! ended in a terminal state, ran to success at most once, and never moved backwards.
 //!
-//! Every scenario writes its row of the results table to `docs/reliability.md`
-//! (see [`report`]), so the document always shows the latest run.
+//! Every scenario writes its row of the results table, and a run that asks for it
+//! (`JETJOBS_RELIABILITY_REPORT`, see [`report`]) renders the table of
+//! `docs/reliability.md` from them.
 
 mod cluster;
 mod disk_full;
@@ -19,6 +20,7 @@ mod procs;
 mod crashes;
 mod failures;
 mod idempotency;
+mod interrupt;
 mod system;
 
 /// Scenarios kill processes and load the machine on purpose; running two at once would

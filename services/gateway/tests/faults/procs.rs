@@ -115,6 +115,22 @@ impl Service {
         }
     }
 
+    /// Waits up to `limit` for the process to exit by itself (after a signal sent to
+    /// it), and returns how it exited; `None` if it is still running.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Still running (not exited, not crashed)?
     pub fn is_running(&mut self) -> bool {
         self.child
