@@ -9,6 +9,14 @@ cd "$(dirname "$0")/../.."
 NATS_PORT="${NATS_PORT:-4222}"
 NATS_MONITOR_PORT="${NATS_MONITOR_PORT:-8222}"
 GATEWAY_ADDR="${JETJOBS_LISTEN:-127.0.0.1:8080}"
+# Services without an HTTP API serve /metrics on an admin address each; change them (and
+# the three above, and RUN_DIR) to run a second system beside the first.
+STATUS_ADMIN="${STATUS_ADMIN_LISTEN:-127.0.0.1:9101}"
+PROCESSOR_IO_ADMIN="${PROCESSOR_IO_ADMIN_LISTEN:-127.0.0.1:9102}"
+PROCESSOR_CPU_ADMIN="${PROCESSOR_CPU_ADMIN_LISTEN:-127.0.0.1:9103}"
+NOTIFIER_ADMIN="${NOTIFIER_ADMIN_LISTEN:-127.0.0.1:9104}"
+# How long the services may take to finish in-flight work when stopped.
+export JETJOBS_SHUTDOWN_GRACE_SECS="${JETJOBS_SHUTDOWN_GRACE_SECS:-10}"
 PROFILE="${PROFILE:-release}"
 RUN_DIR="${RUN_DIR:-.run}"
 export NATS_URL="nats://127.0.0.1:${NATS_PORT}"
@@ -23,16 +31,50 @@ cargo build --workspace --bins "${build_flag[@]}"
 BIN="target/$PROFILE"
 
 mkdir -p "$RUN_DIR/logs"
+# Every child runs in its own session (setsid), so a terminal's Ctrl-C reaches this
+# script alone and it stops the system in order: services first (they finish in-flight
+# work, then hand the rest back to NATS), nats-server last. A second Ctrl-C (or TERM)
+# stops waiting and kills whatever is left; no signal leaves a child behind.
 pids=()
+stopping=no
+# Waits until every pid given has exited, for at most $1 seconds.
+wait_gone() {
+  local deadline=$((SECONDS + $1)); shift
+  while [ "$SECONDS" -lt "$deadline" ]; do
+    local alive=no
+    for pid in "$@"; do kill -0 "$pid" 2>/dev/null && alive=yes; done
+    [ "$alive" = no ] && return 0
+    sleep 0.1
+  done
+  return 1
+}
+kill_all() {
+  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+}
 stop() {
-  trap - INT TERM EXIT
+  if [ "$stopping" = yes ]; then
+    echo "Stopping now." >&2
+    kill_all
+    exit 130
+  fi
+  stopping=yes
   echo >&2
-  echo "Stopping jetjobs..." >&2
-  # Services first (they finish in-flight work), NATS last.
-  for ((i=${#pids[@]}-1; i>=0; i--)); do kill -TERM "${pids[i]}" 2>/dev/null || true; wait "${pids[i]}" 2>/dev/null || true; done
+  echo "Stopping jetjobs (Ctrl-C again to stop at once)..." >&2
+  local services=("${pids[@]:1}")
+  if [ "${#services[@]}" -gt 0 ]; then
+    for pid in "${services[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    # The services' own bound: grace, then a watchdog 10 s later.
+    wait_gone $((JETJOBS_SHUTDOWN_GRACE_SECS + 12)) "${services[@]}" || kill_all
+  fi
+  if [ "${#pids[@]}" -gt 0 ]; then
+    kill -TERM "${pids[0]}" 2>/dev/null || true
+    wait_gone 10 "${pids[0]}" || kill_all
+  fi
+  wait 2>/dev/null || true
   echo "Stopped. Logs are in $RUN_DIR/logs." >&2
 }
-trap stop INT TERM EXIT
+trap stop INT TERM HUP
+trap '[ "$stopping" = yes ] || stop' EXIT
 
 # NATS_SYNC_INTERVAL ("always", or a duration such as "1s") sets when JetStream fsyncs;
 # nats-server has no flag for it, hence the config file. Unset, nats-server's default
@@ -42,7 +84,7 @@ if [ -n "${NATS_SYNC_INTERVAL:-}" ]; then
   printf 'jetstream {\n  sync_interval: "%s"\n}\n' "$NATS_SYNC_INTERVAL" >"$RUN_DIR/nats.conf"
   nats_conf=(-c "$RUN_DIR/nats.conf")
 fi
-"$NATS_SERVER_BIN" "${nats_conf[@]}" -js -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MONITOR_PORT" \
+setsid "$NATS_SERVER_BIN" "${nats_conf[@]}" -js -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MONITOR_PORT" \
   --store_dir "$RUN_DIR/nats" -n jetjobs-local >"$RUN_DIR/logs/nats.log" 2>&1 &
 pids+=($!)
 nats_ready=no
@@ -60,14 +102,13 @@ fi
 "$BIN/jetjobs-admin" provision
 
 start() { # name binary
-  "$BIN/$2" >"$RUN_DIR/logs/$1.log" 2>&1 &
+  setsid "$BIN/$2" >"$RUN_DIR/logs/$1.log" 2>&1 &
   pids+=($!)
 }
-# Services without an HTTP API serve /metrics on an admin port each.
-JETJOBS_ADMIN_LISTEN=127.0.0.1:9101 start status jetjobs-status
-JETJOBS_ADMIN_LISTEN=127.0.0.1:9104 start notifier jetjobs-notifier
-JETJOBS_ADMIN_LISTEN=127.0.0.1:9102 start processor-io jetjobs-processor-io
-JETJOBS_ADMIN_LISTEN=127.0.0.1:9103 start processor-cpu jetjobs-processor-cpu
+JETJOBS_ADMIN_LISTEN="$STATUS_ADMIN" start status jetjobs-status
+JETJOBS_ADMIN_LISTEN="$NOTIFIER_ADMIN" start notifier jetjobs-notifier
+JETJOBS_ADMIN_LISTEN="$PROCESSOR_IO_ADMIN" start processor-io jetjobs-processor-io
+JETJOBS_ADMIN_LISTEN="$PROCESSOR_CPU_ADMIN" start processor-cpu jetjobs-processor-cpu
 JETJOBS_LISTEN="$GATEWAY_ADDR" start gateway jetjobs-gateway
 
 for _ in $(seq 1 100); do
@@ -79,7 +120,9 @@ cat <<MSG
 
 jetjobs is running.
   gateway:  http://${GATEWAY_ADDR}   (metrics http://${GATEWAY_ADDR}/metrics)
-  metrics:  status http://127.0.0.1:9101/metrics, processor-io :9102, processor-cpu :9103, notifier :9104
+  metrics:  status http://${STATUS_ADMIN}/metrics, processor-io http://${PROCESSOR_IO_ADMIN}/metrics,
+            processor-cpu http://${PROCESSOR_CPU_ADMIN}/metrics, notifier http://${NOTIFIER_ADMIN}/metrics
+  webhooks: signed with JETJOBS_WEBHOOK_SECRETS=${JETJOBS_WEBHOOK_SECRETS}
   NATS:     ${NATS_URL}   (monitoring http://127.0.0.1:${NATS_MONITOR_PORT})
   logs:     ${RUN_DIR}/logs/
 
@@ -88,5 +131,6 @@ Try:
 
 Press Ctrl-C to stop.
 MSG
+# `wait` returns early when a trapped signal arrives; the trap then stops everything.
 wait -n "${pids[@]}" || true
-echo "A component exited; see $RUN_DIR/logs." >&2
+if [ "$stopping" = no ]; then echo "A component exited; see $RUN_DIR/logs." >&2; fi
