@@ -24,11 +24,16 @@ export RUST_LOG="${RUST_LOG:-info}"
 # A development signing secret for webhooks; set your own (whsec_<base64>) for anything real.
 export JETJOBS_WEBHOOK_SECRETS="${JETJOBS_WEBHOOK_SECRETS:-whsec_ZGV2ZWxvcG1lbnQtb25seS1zZWNyZXQtMzJieXRlcw==}"
 
-build_flag=(--release)
-[ "$PROFILE" = "debug" ] && build_flag=()
-echo "Building jetjobs ($PROFILE)..." >&2
-cargo build --workspace --bins "${build_flag[@]}"
-BIN="target/$PROFILE"
+if [ -n "${BIN_DIR:-}" ]; then
+  # Binaries built elsewhere (e.g. by deploy/local/test.sh): run those, build nothing.
+  BIN="$BIN_DIR"
+else
+  build_flag=(--release)
+  [ "$PROFILE" = "debug" ] && build_flag=()
+  echo "Building jetjobs ($PROFILE)..." >&2
+  cargo build --workspace --bins "${build_flag[@]}"
+  BIN="target/$PROFILE"
+fi
 
 mkdir -p "$RUN_DIR/logs"
 # Every child runs in its own session (setsid), so a terminal's Ctrl-C reaches this
