@@ -3,22 +3,40 @@
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use jetjobs::metrics::{HttpLabel, RouteLabel};
 
 use crate::AppState;
 
+/// One of a fixed set: the label values of `method`.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "other",
+    }
+}
+
 pub async fn metrics(State(state): State<AppState>) -> Response {
     state.exposition.response().await
 }
 
 /// Labels requests by route template, so `/v1/jobs/{id}` is one series however many
-/// jobs there are; a path no route matches is `unmatched`, so scanners cannot blow up
-/// the number of series.
+/// jobs there are; a path no route matches is `unmatched`, and a method outside the
+/// standard ones is `other` (HTTP allows any token as a method), so neither scanners
+/// nor odd clients can blow up the number of series.
 pub async fn record(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().as_str().to_string();
+    let method = method_label(request.method()).to_string();
     let route = request
         .extensions()
         .get::<MatchedPath>()

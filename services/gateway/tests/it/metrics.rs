@@ -43,6 +43,17 @@ async fn metrics_show_submissions_requests_and_queues() {
         .await
         .expect("GET");
     assert_eq!(scan.status(), StatusCode::NOT_FOUND);
+    // Any token is a valid HTTP method: each must not become a series of its own.
+    for method in ["PROPFIND", "BREW", "X-SCAN-1", "X-SCAN-2"] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a token");
+        let response = system
+            .http
+            .request(method, system.url("/v1/jobs"))
+            .send()
+            .await
+            .expect("request");
+        assert!(response.status().is_client_error(), "{}", response.status());
+    }
     for id in &ids {
         let id = id.as_str().expect("id");
         system.wait_terminal(id, Duration::from_secs(30)).await;
@@ -100,6 +111,30 @@ async fn metrics_show_submissions_requests_and_queues() {
         ),
         1.0
     );
+    let others: f64 = ["404", "405"]
+        .iter()
+        .filter_map(|status| {
+            sample(
+                &text,
+                "jetjobs_http_requests_total",
+                &format!(r#"method="other",route="/v1/jobs",status="{status}""#),
+            )
+            .or_else(|| {
+                sample(
+                    &text,
+                    "jetjobs_http_requests_total",
+                    &format!(r#"method="other",route="unmatched",status="{status}""#),
+                )
+            })
+        })
+        .sum();
+    assert_eq!(others, 4.0, "extension methods counted as `other`:\n{text}");
+    for method in ["PROPFIND", "BREW", "X-SCAN"] {
+        assert!(
+            !text.contains(&format!("method=\"{method}")),
+            "{method} has a series"
+        );
+    }
     assert_eq!(
         value(
             "jetjobs_http_request_duration_seconds_count",
