@@ -13,7 +13,14 @@ docker compose -f docker-compose.yml config -q
 docker compose -f docker-compose.yml --profile tools --profile observability config -q
 docker compose -f docker-compose.yml -f docker-compose.cluster.yml config -q
 
-python3 deploy/ci/compose_test.py
+# JETJOBS_CI_PREBUILT=<dir>: the image is made from the binaries in <dir> (the test step
+# compiled them already) instead of compiling the workspace a second time inside Docker.
+build_flag=()
+if [ -n "${JETJOBS_CI_PREBUILT:-}" ]; then
+  ./deploy/ci/image-from-binaries.sh "$JETJOBS_CI_PREBUILT"
+  build_flag=(--no-build)
+fi
+python3 deploy/ci/compose_test.py "${build_flag[@]}"
 if [ "${JETJOBS_CI_CLUSTER:-0}" = 1 ]; then
   python3 deploy/ci/compose_test.py --cluster --no-build
 fi

@@ -19,7 +19,9 @@
 # Idempotent: a step whose result exists is skipped. Run as root.
 # Env: JETJOBS_DOCKERD_LOG (default /var/log/jetjobs-dockerd.log),
 #      JETJOBS_SEED_DIR (work directory, default /var/cache/jetjobs-seed),
-#      JETJOBS_RESEED=1 re-creates the seeded images.
+#      JETJOBS_RESEED=1 re-creates the seeded images,
+#      JETJOBS_SEED_RUST_IMAGE=0 skips the Rust image (an image made from prebuilt
+#      binaries, deploy/ci/image-from-binaries.sh, needs no compiler).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -127,7 +129,7 @@ if ! have_image "$DEBIAN_TAG"; then
     docker import -c 'CMD ["bash"]' -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' - "$DEBIAN_TAG" >/dev/null
 fi
 
-if ! have_image "$RUST_TAG"; then
+if [ "${JETJOBS_SEED_RUST_IMAGE:-1}" = 1 ] && ! have_image "$RUST_TAG"; then
   make_rootfs
   rustfs="$SEED_DIR/rust-rootfs"
   log "building $RUST_TAG (gcc + Rust $RUST_VERSION)"
