@@ -6,11 +6,14 @@
 //! - [`webhook`]: callback events, the SSRF address policy, Standard Webhooks signatures.
 //! - [`fence`], [`protocol`]: who records a job's next event, and how every writer
 //!   publishes (one fenced-write protocol for processors and the gateway).
+//! - [`batch`]: group commit — atomic batch publish (ADR-50) and a publisher that
+//!   gathers concurrent writes into batches.
 //! - [`processor`]: the runtime every processor service is built on.
 //! - [`metrics`]: Prometheus metrics and the admin server that serves them.
 //! - [`config`], [`telemetry`], [`shutdown`], [`trace_context`]: service plumbing.
 //! - `testing` (feature `testing`): a real nats-server for tests.
 
+pub mod batch;
 pub mod config;
 pub mod fence;
 pub mod job;

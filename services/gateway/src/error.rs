@@ -16,6 +16,7 @@ pub struct ApiError {
     pub detail: String,
     pub extensions: Map<String, Value>,
     pub retry_after_secs: Option<u64>,
+    pub job_id: Option<jetjobs::JobId>,
 }
 
 impl ApiError {
@@ -26,6 +27,7 @@ impl ApiError {
             detail: detail.into(),
             extensions: Map::new(),
             retry_after_secs: None,
+            job_id: None,
         }
     }
 
@@ -61,6 +63,15 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", detail)
     }
 
+    /// The answer concerns a job that may exist although the request failed (a 503 after
+    /// the job may have been queued): its id goes in the body and in `Jetjobs-Job-Id`, so
+    /// the client can look it up or retry with `PUT /v1/jobs/{id}` instead of making a
+    /// second job.
+    pub fn for_job(mut self, id: jetjobs::JobId) -> Self {
+        self.job_id = Some(id);
+        self.with("job_id", json!(id))
+    }
+
     pub fn with(mut self, key: &str, value: Value) -> Self {
         self.extensions.insert(key.to_string(), value);
         self
@@ -92,6 +103,11 @@ impl IntoResponse for ApiError {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if let Some(secs) = self.retry_after_secs {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(id) = self.job_id
+            && let Ok(value) = HeaderValue::from_str(&id.to_string())
+        {
+            headers.insert(jetjobs::subjects::headers::JOB_ID, value);
         }
         response
     }

@@ -83,6 +83,15 @@ pub struct Config {
     /// are allowed. Host names are checked by the notifier when it resolves them.
     #[arg(long, env = "JETJOBS_WEBHOOK_ALLOW", default_value = "")]
     pub webhook_allow: jetjobs::webhook::AddressPolicy,
+    /// Group commit: submissions that arrive together are stored as one atomic batch
+    /// (one fsync for many jobs with `sync_interval: always`); a lone one goes out at once.
+    #[arg(long, env = "JETJOBS_GROUP_COMMIT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub group_commit: bool,
+    /// Fewer waiting writes than this are published one by one (a batch costs about
+    /// four fsyncs whatever its size).
+    #[arg(long, env = "JETJOBS_GROUP_COMMIT_MIN", default_value_t = 5,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..=1000))]
+    pub group_commit_min: usize,
 }
 
 impl Config {
@@ -99,6 +108,17 @@ impl Config {
             sse_keepalive_secs: 15,
             max_event_streams: 256,
             webhook_allow: jetjobs::webhook::AddressPolicy::default(),
+            group_commit: true,
+            group_commit_min: 5,
+        }
+    }
+
+    fn group_commit(&self) -> jetjobs::batch::GroupConfig {
+        jetjobs::batch::GroupConfig {
+            enabled: self.group_commit,
+            min_batch: self.group_commit_min,
+            retries: jetjobs::protocol::Retries::REQUEST,
+            ..Default::default()
         }
     }
 
@@ -128,6 +148,13 @@ pub struct AppState {
     exposition: jetjobs::metrics::Exposition,
     /// Which callback addresses jobs may name.
     webhook_allow: jetjobs::webhook::AddressPolicy,
+    /// Group commit of job messages (`JOBS`) and first snapshots (`job_status`).
+    writers: std::sync::Arc<Writers>,
+}
+
+struct Writers {
+    jobs: jetjobs::batch::GroupCommit,
+    snapshots: jetjobs::batch::GroupCommit,
 }
 
 pub fn router(state: AppState, config: &Config) -> Router {
@@ -247,6 +274,20 @@ pub async fn run(
             .get_stream(layout::DEAD_STREAM)
             .await
             .context("opening stream JOBS_DEAD")?,
+        writers: std::sync::Arc::new(Writers {
+            jobs: jetjobs::batch::GroupCommit::start(
+                client.clone(),
+                js.clone(),
+                config.group_commit(),
+                shutdown.clone(),
+            ),
+            snapshots: jetjobs::batch::GroupCommit::start(
+                client.clone(),
+                js.clone(),
+                config.group_commit(),
+                shutdown.clone(),
+            ),
+        }),
         client: client.clone(),
         js,
         push,

@@ -4,9 +4,11 @@
 //! - [`args`]: the command line;
 //! - [`run`]: submits over HTTP while watching the `job_status` bucket for outcomes;
 //! - [`tracker`]: per-job bookkeeping and the latency histograms;
-//! - [`report`]: the [`Summary`], as a table or JSON.
+//! - [`report`]: the [`Summary`], as a table or JSON;
+//! - [`floor`]: the raw JetStream pipeline and the `hash` bound (`jetjobs-floor`).
 
 pub mod args;
+pub mod floor;
 pub mod report;
 pub mod run;
 pub mod tracker;

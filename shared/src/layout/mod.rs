@@ -175,6 +175,9 @@ impl Layout {
             discard_new_per_subject: true,
             // The gateway checks whether a job still waits; `--rebuild` reads waiting jobs.
             allow_direct: true,
+            // Group commit: concurrent submissions are stored as one atomic batch, one
+            // fsync for many jobs (`crate::batch`).
+            allow_atomic_publish: true,
             duplicate_window: self.duplicate_window,
             metadata: owner("gateway publishes, processors consume"),
             ..Default::default()
@@ -201,6 +204,8 @@ impl Layout {
             discard: DiscardPolicy::New,
             // Processors read a job's last event to count its runs.
             allow_direct: true,
+            // Group commit of events from many jobs at once (`crate::batch`).
+            allow_atomic_publish: true,
             duplicate_window: self.duplicate_window,
             metadata: owner("processors and gateway publish, status and notifier consume"),
             ..Default::default()

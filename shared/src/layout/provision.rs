@@ -9,7 +9,7 @@ use async_nats::jetstream::{
     stream::{self, DiscardPolicy},
 };
 
-use super::{EVENTS_STREAM, JOBS_STREAM, Layout, bucket_stream};
+use super::{EVENTS_STREAM, JOBS_STREAM, Layout, STATUS_BUCKET, bucket_stream};
 
 /// A store this full (of its `max_bytes` or `max_msgs`) when provisioning changes it is
 /// worth a warning: discard-new means it is about to refuse writes.
@@ -154,6 +154,7 @@ pub async fn provision(
     for config in layout.buckets() {
         ensure_bucket(js, config, &mut report).await?;
     }
+    ensure_atomic_bucket(js, STATUS_BUCKET, &mut report).await?;
     for spec in &layout.processors {
         ensure_consumer(
             js,
@@ -217,6 +218,11 @@ async fn ensure_stream(
         &wanted.discard_new_per_subject,
     );
     changes.field("allow_direct", &existing.allow_direct, &wanted.allow_direct);
+    changes.field(
+        "allow_atomic",
+        &existing.allow_atomic_publish,
+        &wanted.allow_atomic_publish,
+    );
     changes.field(
         "duplicate_window",
         &existing.duplicate_window,
@@ -373,6 +379,35 @@ async fn ensure_bucket(
         .await
         .map_err(nats_err(format!("updating {object} ({changes})")))?;
     report.update(object, &changes);
+    Ok(())
+}
+
+/// Lets a bucket take atomic batches (group commit of snapshots, `crate::batch`). A KV
+/// config has no such flag, and every `update_key_value` writes the stream without it,
+/// so it is set on the bucket's stream after the bucket itself is in shape.
+async fn ensure_atomic_bucket(
+    js: &jetstream::Context,
+    bucket: &str,
+    report: &mut ProvisionReport,
+) -> Result<(), ProvisionError> {
+    let object = format!("KV bucket {bucket}");
+    let Some(info) = stream_info(js, &bucket_stream(bucket), &object).await? else {
+        return Ok(());
+    };
+    if info.config.allow_atomic_publish {
+        return Ok(());
+    }
+    let mut config = info.config;
+    config.allow_atomic_publish = true;
+    js.update_stream(config)
+        .await
+        .map_err(nats_err(format!("allowing atomic batches on {object}")))?;
+    // Part of creating the bucket when this run created it; an update otherwise.
+    if !report.created.contains(&object) {
+        let mut changes = Changes::default();
+        changes.named("allow_atomic", true);
+        report.update(object, &changes);
+    }
     Ok(())
 }
 

@@ -1,4 +1,5 @@
-//! Provisioning against a real nats-server.
+//! Provisioning, group commit and the processor runtime against a real nats-server.
 
+mod batch;
 mod provision;
 mod runtime;

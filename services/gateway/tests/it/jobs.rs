@@ -213,3 +213,64 @@ async fn a_payload_that_does_not_fit_the_kinds_schema_is_refused_at_the_door() {
     );
     assert_eq!(system.stream_last_seq("JOBS_DEAD").await, 1);
 }
+
+/// A POST whose PubAck never came may or may not have queued the job. The 503 names the
+/// job (body and `Jetjobs-Job-Id`), and retrying it as `PUT /v1/jobs/{id}` with the same
+/// body converges on that one job instead of making a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unconfirmed_submission_names_its_job_and_a_put_retry_finds_it() {
+    let system = System::start().await;
+    let body = json!({"kind": "sleep", "payload": {"ms": 5}});
+    let pid = system.nats.pid().expect("nats-server pid").to_string();
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {sig}");
+    };
+
+    // A frozen server takes the publish into its socket buffer and answers nothing.
+    signal("-STOP");
+    let response = system.post(&body).await;
+    signal("-CONT");
+    let id = response
+        .headers()
+        .get("jetjobs-job-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let problem =
+        crate::helpers::assert_problem(response, StatusCode::SERVICE_UNAVAILABLE).await;
+    let id = id.expect("a 503 for a job that may be queued names it in Jetjobs-Job-Id");
+    assert_eq!(problem["job_id"], id.as_str(), "{problem}");
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains(&format!("/v1/jobs/{id}")), "{detail}");
+
+    // The retry the answer asks for: the same body under that id.
+    let retried = system
+        .http
+        .put(system.url(&format!("/v1/jobs/{id}")))
+        .json(&body)
+        .send()
+        .await
+        .expect("PUT");
+    assert!(
+        matches!(retried.status(), StatusCode::ACCEPTED | StatusCode::OK),
+        "the retry converges on the job: {}",
+        retried.status()
+    );
+    let done = system.wait_terminal(&id, WAIT).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(
+        system.stream_last_seq("JOBS").await,
+        1,
+        "one job message, however the first publish ended"
+    );
+    let started = system
+        .events_of("sleep", &id)
+        .await
+        .into_iter()
+        .filter(|(kind, _)| kind == "started")
+        .count();
+    assert_eq!(started, 1, "the job ran once");
+}
