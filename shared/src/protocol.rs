@@ -136,11 +136,26 @@ pub enum ProtocolError {
 pub struct EventLog {
     js: jetstream::Context,
     events: jetstream::stream::Stream,
+    /// Group commit of the events of many jobs (a processor's); `None` publishes each
+    /// event on its own (the gateway's rare cancel and retry events).
+    group: Option<crate::batch::GroupCommit>,
 }
 
 impl EventLog {
     pub fn new(js: jetstream::Context, events: jetstream::stream::Stream) -> Self {
-        Self { js, events }
+        Self {
+            js,
+            events,
+            group: None,
+        }
+    }
+
+    /// Events written while others are in flight are stored together, in one atomic
+    /// batch. A refused batch is published one by one, so every write gets the answer it
+    /// would get alone — the fence included.
+    pub fn with_group_commit(mut self, group: crate::batch::GroupCommit) -> Self {
+        self.group = Some(group);
+        self
     }
 
     /// The last event on the job's own subject and its sequence, if it has any.
@@ -174,9 +189,13 @@ impl EventLog {
             .map_err(|e| e.to_string())
     }
 
-    /// Publishes until JetStream confirms, within `retries`.
+    /// Publishes until JetStream confirms, within `retries` (group commit: within its
+    /// own retries).
     pub async fn publish(&self, message: Outgoing, retries: Retries) -> Published {
-        publish(&self.js, message, retries).await
+        match &self.group {
+            Some(group) => group.publish(message).await,
+            None => publish(&self.js, message, retries).await,
+        }
     }
 
     /// Writes `event` to the job's subject only if the subject's last event is still the

@@ -15,7 +15,7 @@ use crate::error::ApiError;
 use crate::extract::ApiJson;
 use crate::submit::{self, Accepted, Identity, SubmitBody};
 use crate::waiting;
-use crate::watch::{Change, Subscription};
+use crate::watch::Change;
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
@@ -39,7 +39,7 @@ pub async fn create(
         None => Identity::Fresh,
         Some(value) => Identity::IdempotencyKey(idempotency_key(value)?),
     };
-    let waiter = Waiter::start(&state, &request_headers).await;
+    let waiter = Waiter::start(&state, &request_headers);
     let kind = body.kind.clone();
     let job = submit::submit(&state, identity, body).await?;
     count_submission(&state, &kind, &job);
@@ -62,7 +62,7 @@ pub async fn put(
             "the body's id {body_id} differs from the path's id {id}"
         )));
     }
-    let waiter = Waiter::start(&state, &request_headers).await;
+    let waiter = Waiter::start(&state, &request_headers);
     let kind = body.kind.clone();
     let job = submit::submit(&state, Identity::ClientId(id), body).await?;
     count_submission(&state, &kind, &job);
@@ -75,30 +75,22 @@ pub async fn put(
     respond(&state, status, job, waiter).await
 }
 
-/// A `Prefer: wait` being honoured: subscribed before the job is submitted, so even a job
-/// that ends before the submission returns is seen ending.
+/// A `Prefer: wait` being honoured. The subscription to the job's key is made once the
+/// job's id is known (after the submission) and before its snapshot is read, so a change
+/// after that read cannot be missed and one before it is in what the read returns.
 struct Waiter {
     applied: Duration,
     deadline: Instant,
-    subscription: Subscription,
 }
 
 impl Waiter {
-    async fn start(state: &AppState, headers: &HeaderMap) -> Option<Self> {
+    fn start(state: &AppState, headers: &HeaderMap) -> Option<Self> {
         let secs = waiting::prefer_wait(headers).filter(|&secs| secs > 0)?;
         let applied = state.push.clamp(secs);
-        match state.push.hub.subscribe().await {
-            Ok(subscription) => Some(Self {
-                applied,
-                deadline: Instant::now() + applied,
-                subscription,
-            }),
-            Err(e) => {
-                // The preference is optional: without a watch, answer at once.
-                tracing::warn!(error = %e, "Cannot honour Prefer: wait.");
-                None
-            }
-        }
+        Some(Self {
+            applied,
+            deadline: Instant::now() + applied,
+        })
     }
 }
 
@@ -110,17 +102,25 @@ async fn respond(
     job: Accepted,
     waiter: Option<Waiter>,
 ) -> Result<Response, ApiError> {
-    let Some(mut waiter) = waiter else {
+    let Some(waiter) = waiter else {
         return accepted(pending, job);
     };
     let key = job.id.to_string();
+    let mut subscription = match state.push.hub.subscribe_key(&key).await {
+        Ok(subscription) => subscription,
+        Err(e) => {
+            // The preference is optional: without a watch, answer at once.
+            tracing::warn!(error = %e, "Cannot honour Prefer: wait.");
+            return accepted(pending, job);
+        }
+    };
     // The job is accepted: from here on, trouble only shortens the wait.
     let last = match waiting::read(&state.status, &key).await {
         Ok(current) => {
             waiting::until(
                 &state.push,
                 &state.status,
-                &mut waiter.subscription,
+                &mut subscription,
                 &key,
                 current,
                 waiter.deadline,
@@ -160,9 +160,10 @@ pub async fn get(
     let wait = wait_param(query.as_deref())?
         .filter(|&secs| secs > 0)
         .map(|secs| state.push.clamp(secs));
+    let key = id.to_string();
     // Subscribed before the read, so no change after the read can be missed.
     let mut subscription = match wait {
-        Some(_) => match state.push.hub.subscribe().await {
+        Some(_) => match state.push.hub.subscribe_key(&key).await {
             Ok(subscription) => Some(subscription),
             Err(e) => {
                 tracing::warn!(error = %e, "Cannot long-poll; answering at once.");
@@ -171,7 +172,6 @@ pub async fn get(
         },
         None => None,
     };
-    let key = id.to_string();
     let current = waiting::read(&state.status, &key)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("there is no job {id}")))?;

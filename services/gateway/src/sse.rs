@@ -42,14 +42,14 @@ pub async fn job_events(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let after = last_event_id(&headers)?;
+    let key = id.to_string();
     // Subscribed before the first read, so nothing between the read and the watch is lost.
     let mut subscription = state
         .push
         .hub
-        .subscribe()
+        .subscribe_key(&key)
         .await
         .map_err(|e| ApiError::unavailable(e.to_string(), 1))?;
-    let key = id.to_string();
     let current = waiting::read(&state.status, &key)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("there is no job {id}")))?;

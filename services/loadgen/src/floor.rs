@@ -203,7 +203,10 @@ async fn measure(
     producer.abort();
     workers.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), workers.wait()).await;
-    anyhow::ensure!(done == jobs, "only {done} of {jobs} floor jobs finished in time");
+    anyhow::ensure!(
+        done == jobs,
+        "only {done} of {jobs} floor jobs finished in time"
+    );
     let e2e_secs = (last_done - started).as_secs_f64();
     Ok(FloorSummary {
         jobs,
@@ -306,7 +309,12 @@ async fn process(js: jetstream::Context, jobs: consumer::PullConsumer, stop: Can
         };
         let js = js.clone();
         tokio::spawn(async move {
-            let n = message.subject.rsplit('.').next().unwrap_or("0").to_string();
+            let n = message
+                .subject
+                .rsplit('.')
+                .next()
+                .unwrap_or("0")
+                .to_string();
             let event = format!(r#"{{"id":{n},"type":"succeeded","result":{{}}}}"#);
             let mut headers = HeaderMap::new();
             headers.insert("Nats-Msg-Id", format!("{n}.succeeded").as_str());
@@ -346,7 +354,12 @@ async fn project(status: kv::Store, events: consumer::PullConsumer, stop: Cancel
         };
         let status = status.clone();
         tokio::spawn(async move {
-            let n = message.subject.rsplit('.').next().unwrap_or("0").to_string();
+            let n = message
+                .subject
+                .rsplit('.')
+                .next()
+                .unwrap_or("0")
+                .to_string();
             if status.put(&n, message.payload.clone()).await.is_ok() {
                 let _ = message.ack().await;
             }

@@ -64,6 +64,13 @@ pub struct Config {
     /// Snapshots of live jobs remembered per shard, to save a KV read per event.
     #[arg(long, env = "JETJOBS_STATUS_CACHE", default_value_t = 4_096)]
     pub cache_per_shard: usize,
+    /// Group commit: snapshots the shards write together are stored as one atomic batch
+    /// (one fsync for many with `sync_interval: always`).
+    #[arg(long, env = "JETJOBS_GROUP_COMMIT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub group_commit: bool,
+    /// Fewer waiting writes than this are published one by one.
+    #[arg(long, env = "JETJOBS_GROUP_COMMIT_MIN", default_value_t = 5)]
+    pub group_commit_min: usize,
     #[command(flatten)]
     pub admin: jetjobs::metrics::AdminArgs,
 }
@@ -78,6 +85,8 @@ impl Config {
             shard_buffer: 256,
             batch: 512,
             cache_per_shard: 4_096,
+            group_commit: true,
+            group_commit_min: 5,
             admin: jetjobs::metrics::AdminArgs::default(),
         }
     }
@@ -150,14 +159,30 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     .context("starting the admin server")?;
     let _admin = admin.drop_guard();
     tracing::info!(shards = config.shards, "Status service started.");
+    // Outlives the pull loop: the shards finish their writes after it stops.
+    let writing = CancellationToken::new();
+    let writer = jetjobs::batch::GroupCommit::start(
+        client.clone(),
+        js.clone(),
+        jetjobs::batch::GroupConfig {
+            enabled: config.group_commit,
+            min_batch: config.group_commit_min.clamp(2, jetjobs::batch::MAX_BATCH),
+            // A failed write is retried by the shard (and then handed back).
+            retries: jetjobs::protocol::Retries::REQUEST,
+            ..Default::default()
+        },
+        writing.clone(),
+    );
     Projector::new(
         bucket,
         config.shards,
         config.shard_buffer,
         config.cache_per_shard,
     )
+    .with_group_commit(writer)
     .run(consumer, config.batch, shutdown)
     .await;
+    writing.cancel();
     if let Err(e) = tokio::time::timeout(Duration::from_secs(5), client.flush()).await {
         tracing::warn!(error = %e, "Could not flush acks on shutdown.");
     }

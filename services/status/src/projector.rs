@@ -11,6 +11,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind, kv};
 use futures::StreamExt as _;
 use jetjobs::JobId;
+use jetjobs::batch::GroupCommit;
+use jetjobs::protocol::{Outgoing, Published};
 use jetjobs::state::{self, JobEvent, JobSnapshot};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +37,9 @@ pub struct Projector {
     shards: usize,
     buffer: usize,
     cache_per_shard: usize,
+    /// Group commit of the live shards' writes: snapshots written while others are in
+    /// flight share one atomic batch (one fsync). A rebuild writes on its own.
+    writer: Option<GroupCommit>,
 }
 
 /// What a shard does with an event once it has dealt with it.
@@ -116,7 +121,14 @@ impl Projector {
             shards: shards.max(1),
             buffer: buffer.max(1),
             cache_per_shard,
+            writer: None,
         }
+    }
+
+    /// Live shards write through `writer` (the bucket must allow atomic batches).
+    pub fn with_group_commit(mut self, writer: GroupCommit) -> Self {
+        self.writer = Some(writer);
+        self
     }
 
     pub(crate) fn start(&self, mode: Mode) -> Shards {
@@ -126,6 +138,7 @@ impl Projector {
             .map(|_| {
                 let (tx, rx) = mpsc::channel(self.buffer);
                 let shard = Shard {
+                    writer: self.writer.clone().filter(|_| mode == Mode::Live),
                     bucket: self.bucket.clone(),
                     cache: HashMap::new(),
                     cache_limit: self.cache_per_shard,
@@ -249,6 +262,7 @@ fn shard_of(subject: &str, shards: usize) -> usize {
 
 struct Shard {
     bucket: kv::Store,
+    writer: Option<GroupCommit>,
     /// Revision and value of snapshots this shard wrote last, for jobs still running.
     cache: HashMap<JobId, (u64, JobSnapshot)>,
     cache_limit: usize,
@@ -398,13 +412,40 @@ impl Shard {
             let value = serde_json::to_vec(&snapshot)
                 .map_err(|e| ProjectError::Write(e.to_string()))?
                 .into();
-            let written = match stored.revision {
-                Some(revision) => match self.bucket.update(&key, value, revision).await {
+            let written = match (&self.writer, stored.revision) {
+                // The same compare-and-set as `kv::Store::update`/`create` (expected last
+                // subject sequence = the revision read, 0 for a new key), gathered.
+                (Some(writer), revision) => {
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert(
+                        jetjobs::subjects::headers::EXPECTED_LAST_SUBJECT_SEQ,
+                        revision.unwrap_or(0).to_string().as_str(),
+                    );
+                    let put = Outgoing {
+                        subject: format!("$KV.{}.{key}", self.bucket.name),
+                        headers,
+                        payload: value,
+                    };
+                    match writer.publish(put).await {
+                        Published::Stored(revision) => Ok(revision),
+                        Published::WrongLastSequence => Err(None),
+                        Published::StoreFull => {
+                            Err(Some("the bucket is full (maximum bytes)".to_string()))
+                        }
+                        Published::TooLarge => {
+                            Err(Some("the snapshot is larger than NATS accepts".to_string()))
+                        }
+                        Published::SubjectFull | Published::NotConfirmed => {
+                            Err(Some("JetStream did not confirm the write".to_string()))
+                        }
+                    }
+                }
+                (None, Some(revision)) => match self.bucket.update(&key, value, revision).await {
                     Ok(revision) => Ok(revision),
                     Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Err(None),
                     Err(e) => Err(Some(e.to_string())),
                 },
-                None => match self.bucket.create(&key, value).await {
+                (None, None) => match self.bucket.create(&key, value).await {
                     Ok(revision) => Ok(revision),
                     Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Err(None),
                     Err(e) => Err(Some(e.to_string())),

@@ -34,6 +34,13 @@ pub struct RuntimeConfig {
     /// On shutdown, how long running jobs may take to finish before they are released.
     #[arg(long, env = "JETJOBS_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
     pub shutdown_grace_secs: u64,
+    /// Group commit: events of jobs that end together are stored as one atomic batch
+    /// (one fsync for many with `sync_interval: always`); a lone one goes out at once.
+    #[arg(long, env = "JETJOBS_GROUP_COMMIT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub group_commit: bool,
+    /// Fewer waiting events than this are published one by one.
+    #[arg(long, env = "JETJOBS_GROUP_COMMIT_MIN", default_value_t = 5)]
+    pub group_commit_min: usize,
     #[command(flatten)]
     pub admin: crate::metrics::AdminArgs,
 }
@@ -49,12 +56,23 @@ impl Default for RuntimeConfig {
             retry_base_ms: 1_000,
             retry_max_ms: 60_000,
             shutdown_grace_secs: 20,
+            group_commit: true,
+            group_commit_min: 5,
             admin: crate::metrics::AdminArgs::default(),
         }
     }
 }
 
 impl RuntimeConfig {
+    pub fn group_commit(&self) -> crate::batch::GroupConfig {
+        crate::batch::GroupConfig {
+            enabled: self.group_commit,
+            min_batch: self.group_commit_min.clamp(2, crate::batch::MAX_BATCH),
+            retries: crate::protocol::Retries::BACKGROUND,
+            ..Default::default()
+        }
+    }
+
     /// Exponential backoff with "equal jitter": half the delay fixed, half random, so
     /// replicas retrying the same failing dependency spread out.
     pub fn retry_delay(&self, attempt: u32) -> Duration {

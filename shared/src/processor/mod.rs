@@ -252,9 +252,18 @@ impl Processor {
         .map_err(|e| RuntimeError::Admin(e.to_string()))?;
         // Metrics stay up until the last job is handed back, then go with the runtime.
         let _admin = admin_shutdown.drop_guard();
+        // Outlives the pull loop: jobs finishing during shutdown still record outcomes.
+        let writing = CancellationToken::new();
+        let _stop_writing = writing.clone().drop_guard();
+        let group = crate::batch::GroupCommit::start(
+            client.clone(),
+            js.clone(),
+            config.group_commit(),
+            writing,
+        );
         let runtime = Arc::new(Runtime {
             metrics,
-            events: EventLog::new(js.clone(), events),
+            events: EventLog::new(js.clone(), events).with_group_commit(group),
             dead,
             handlers: self.handlers,
             defs,

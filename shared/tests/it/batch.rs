@@ -55,7 +55,10 @@ async fn a_batch_is_stored_whole_in_order_with_one_ack() {
     let ack = batch::publish_atomic(&client, &messages)
         .await
         .expect("committed");
-    assert_eq!((ack.stream.as_str(), ack.count, ack.last_sequence), ("T", 50, 50));
+    assert_eq!(
+        (ack.stream.as_str(), ack.count, ack.last_sequence),
+        ("T", 50, 50)
+    );
     assert_eq!(ack.sequence_of(0), 1);
     assert_eq!(ack.sequence_of(49), 50);
     let info = stream.info().await.expect("info");
@@ -125,8 +128,7 @@ async fn gathered_writers_each_get_their_own_answer() {
     let js = jetstream::new(client.clone());
     let mut stream = stream_with(&js, true).await;
     // A subject with one message, for writers fenced on it.
-    let fenced_seq = match batch::publish_atomic(&client, &[message("t.fenced", "f0", "f0")])
-        .await
+    let fenced_seq = match batch::publish_atomic(&client, &[message("t.fenced", "f0", "f0")]).await
     {
         Ok(ack) => ack.last_sequence,
         Err(e) => panic!("seed: {e}"),

@@ -239,8 +239,7 @@ async fn an_unconfirmed_submission_names_its_job_and_a_put_retry_finds_it() {
         .get("jetjobs-job-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let problem =
-        crate::helpers::assert_problem(response, StatusCode::SERVICE_UNAVAILABLE).await;
+    let problem = crate::helpers::assert_problem(response, StatusCode::SERVICE_UNAVAILABLE).await;
     let id = id.expect("a 503 for a job that may be queued names it in Jetjobs-Job-Id");
     assert_eq!(problem["job_id"], id.as_str(), "{problem}");
     let detail = problem["detail"].as_str().unwrap_or_default();
