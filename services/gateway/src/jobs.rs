@@ -28,7 +28,7 @@ const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 pub async fn create(
     State(state): State<AppState>,
     request_headers: HeaderMap,
-    ApiJson(body): ApiJson<SubmitBody>,
+    ApiJson(body, body_bytes): ApiJson<SubmitBody>,
 ) -> Result<Response, ApiError> {
     if body.id.is_some() {
         return Err(ApiError::bad_request(
@@ -41,7 +41,7 @@ pub async fn create(
     };
     let waiter = Waiter::start(&state, &request_headers);
     let kind = body.kind.clone();
-    let job = submit::submit(&state, identity, body).await?;
+    let job = submit::submit(&state, identity, body, body_bytes).await?;
     count_submission(&state, &kind, &job);
     // A replayed POST answers like the original did (202), as the IETF draft suggests.
     respond(&state, StatusCode::ACCEPTED, job, waiter).await
@@ -52,7 +52,7 @@ pub async fn put(
     State(state): State<AppState>,
     Path(id): Path<String>,
     request_headers: HeaderMap,
-    ApiJson(body): ApiJson<SubmitBody>,
+    ApiJson(body, body_bytes): ApiJson<SubmitBody>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     if let Some(body_id) = body.id
@@ -64,7 +64,7 @@ pub async fn put(
     }
     let waiter = Waiter::start(&state, &request_headers);
     let kind = body.kind.clone();
-    let job = submit::submit(&state, Identity::ClientId(id), body).await?;
+    let job = submit::submit(&state, Identity::ClientId(id), body, body_bytes).await?;
     count_submission(&state, &kind, &job);
     // An identical repeat of a PUT changes nothing: 200 with the current snapshot.
     let status = if job.replayed {

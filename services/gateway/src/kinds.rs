@@ -15,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Clone)]
 pub struct KindCache {
     bucket: kv::Store,
-    known: Arc<RwLock<BTreeMap<Kind, Registered>>>,
+    /// `Arc`: a submission takes its kind's entry without deep-cloning its JSON schema.
+    known: Arc<RwLock<BTreeMap<Kind, Arc<Registered>>>>,
 }
 
 /// A registered kind, with its payload schema compiled once.
@@ -96,33 +97,42 @@ impl KindCache {
         let Ok(kind) = Kind::new(entry.key.clone()) else {
             return;
         };
-        let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
-        match entry.operation {
+        // The schema is compiled before the lock is taken: readers (every submission)
+        // never wait for a compilation.
+        let registered = match entry.operation {
             kv::Operation::Put => match kinds::decode(&entry.key, &entry.value) {
-                Ok(info) => {
-                    known.insert(kind, Registered::new(info));
+                Ok(info) => Some(Arc::new(Registered::new(info))),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Ignoring a bad kind registration.");
+                    return;
                 }
-                Err(e) => tracing::warn!(error = %e, "Ignoring a bad kind registration."),
             },
-            kv::Operation::Delete | kv::Operation::Purge => {
+            kv::Operation::Delete | kv::Operation::Purge => None,
+        };
+        let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
+        match registered {
+            Some(registered) => {
+                known.insert(kind, registered);
+            }
+            None => {
                 known.remove(&kind);
             }
         }
     }
 
-    pub async fn lookup(&self, kind: &Kind) -> Result<Option<Registered>, RegistryError> {
+    pub async fn lookup(&self, kind: &Kind) -> Result<Option<Arc<Registered>>, RegistryError> {
         if let Some(registered) = self
             .known
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(kind)
         {
-            return Ok(Some(registered.clone()));
+            return Ok(Some(Arc::clone(registered)));
         }
         let Some(info) = kinds::lookup(&self.bucket, kind).await? else {
             return Ok(None);
         };
-        let registered = Registered::new(info);
+        let registered = Arc::new(Registered::new(info));
         self.known
             .write()
             .unwrap_or_else(|e| e.into_inner())

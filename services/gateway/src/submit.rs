@@ -81,6 +81,7 @@ pub async fn submit(
     state: &AppState,
     identity: Identity,
     body: SubmitBody,
+    body_bytes: usize,
 ) -> Result<Accepted, ApiError> {
     let registered = match state.kinds.lookup(&body.kind).await {
         Ok(Some(registered)) => registered,
@@ -108,29 +109,22 @@ pub async fn submit(
     }
     check_callback(state, &body)?;
 
-    if let Err(errors) = registered.check(&body.payload) {
-        let detail = format!(
-            "the payload does not fit kind {}: {}",
-            body.kind,
-            errors
-                .iter()
-                .map(|(path, message)| format!("{path}: {message}"))
-                .collect::<Vec<_>>()
-                .join("; ")
-        );
-        let errors: Vec<Value> = errors
-            .into_iter()
-            .map(|(pointer, detail)| json!({"pointer": pointer, "detail": detail}))
-            .collect();
-        return Err(ApiError::new(
-            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid-payload",
-            detail,
-        )
-        .with("errors", json!(errors)));
-    }
+    // Validating and fingerprinting a large payload is milliseconds of CPU: off the
+    // runtime, like its parsing.
+    let (body, fingerprint, registered) = if body_bytes >= crate::extract::BLOCKING_BODY_BYTES {
+        tokio::task::spawn_blocking(move || {
+            check_payload(&registered, &body)?;
+            let fingerprint = fingerprint(&body)?;
+            Ok::<_, ApiError>((body, fingerprint, registered))
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("checking the payload: {e}")))??
+    } else {
+        check_payload(&registered, &body)?;
+        let fingerprint = fingerprint(&body)?;
+        (body, fingerprint, registered)
+    };
     let info = &registered.info;
-    let fingerprint = fingerprint(&body)?;
     let mut created_at = now();
     let fresh = matches!(identity, Identity::Fresh);
     let (id, claim_key, repeat) = match identity {
@@ -223,6 +217,32 @@ pub async fn submit(
         snapshot,
         replayed: repeat,
     })
+}
+
+/// The payload fits its kind's schema, or the answer is a 422 that says where not.
+fn check_payload(registered: &crate::kinds::Registered, body: &SubmitBody) -> Result<(), ApiError> {
+    let Err(errors) = registered.check(&body.payload) else {
+        return Ok(());
+    };
+    let detail = format!(
+        "the payload does not fit kind {}: {}",
+        body.kind,
+        errors
+            .iter()
+            .map(|(path, message)| format!("{path}: {message}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    let errors: Vec<Value> = errors
+        .into_iter()
+        .map(|(pointer, detail)| json!({"pointer": pointer, "detail": detail}))
+        .collect();
+    Err(ApiError::new(
+        axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid-payload",
+        detail,
+    )
+    .with("errors", json!(errors)))
 }
 
 /// The answer when the job may or may not be queued (its PubAck did not come): a 503
