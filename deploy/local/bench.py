@@ -87,7 +87,8 @@ def peak_rss_mb(pid):
 class System:
     """nats-server and every service, started fresh; stopped on exit."""
 
-    def __init__(self, bin_dir, sync_always, work):
+    def __init__(self, bin_dir, sync_always, work, extra_env=None):
+        self.extra_env = extra_env or {}
         self.bin_dir = Path(bin_dir)
         self.work = Path(work)
         self.sync_always = sync_always
@@ -148,6 +149,7 @@ class System:
             "RUST_LOG": os.environ.get("RUST_LOG", "warn"),
             "JETJOBS_WEBHOOK_SECRETS": DEV_SECRET,
         })
+        env.update(self.extra_env)
         return env
 
     def spawn(self, name, argv, env=None):
@@ -185,10 +187,11 @@ class System:
         self.procs.clear()
 
 
-def loadgen(system, bin_dir, kind, payload, jobs, concurrency):
+def loadgen(system, bin_dir, kind, payload, jobs, concurrency, waiters=0):
     argv = [str(Path(bin_dir) / "jetjobs-loadgen"), "--url", f"http://{system.gateway}",
             "--kind", kind, "--payload", json.dumps(payload), "-n", str(jobs),
-            "-c", str(concurrency), "--json", "--timeout-secs", "600"]
+            "-c", str(concurrency), "--json", "--timeout-secs", "600",
+            "--waiters", str(waiters)]
     before = system.cpu()
     out = subprocess.run(argv, env=system.env(), text=True, stdout=subprocess.PIPE)
     after = system.cpu()
@@ -210,6 +213,29 @@ def floor(system, bin_dir, jobs, concurrency):
     summary = json.loads(out.stdout)
     summary["cpu_us_per_job"] = {"nats-server": round((after - before) * 1e6 / HZ / jobs, 1)}
     return summary
+
+
+def count_fsyncs(system, bin_dir, jobs):
+    """fsync + fdatasync calls of nats-server per noop job (strace attached for the run;
+    it slows the server, so this run's throughput is not reported)."""
+    if not shutil.which("strace"):
+        return None
+    out = system.work / f"strace-{time.monotonic_ns()}.txt"
+    pid = system.procs["nats-server"].pid
+    tracer = subprocess.Popen(["strace", "-f", "-c", "-e", "trace=fsync,fdatasync",
+                               "-o", str(out), "-p", str(pid)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    loadgen(system, bin_dir, "noop", {}, jobs, 64)
+    tracer.send_signal(signal.SIGINT)
+    tracer.wait(timeout=30)
+    calls = 0
+    for line in out.read_text().splitlines():
+        parts = line.split()
+        if parts and parts[-1] in ("fsync", "fdatasync"):
+            # % time, seconds, usecs/call, calls, [errors,] syscall
+            calls += int(parts[3])
+    return round(calls / jobs, 2)
 
 
 def poll_health(system, stop, latencies):
@@ -264,6 +290,8 @@ def run(args):
         loadgen(system, bin_dir, "noop", {}, 500, 64)  # warm-up: connections, caches
         results["W0"] = loadgen(system, bin_dir, "noop", {}, 50, 1)
         results["W1"] = loadgen(system, bin_dir, "noop", {}, n(20000), 64)
+        results["W1w"] = loadgen(system, bin_dir, "noop", {}, n(20000), 64,
+                                 waiters=args.waiters)
         results["W2"] = loadgen(system, bin_dir, "sleep", {"ms": 50}, n(6400), 64)
         stop, health = threading.Event(), []
         poller = threading.Thread(target=poll_health, args=(system, stop, health))
@@ -283,17 +311,38 @@ def run(args):
     finally:
         system.stop()
 
+    # Group commit (off by default) switched on: what it buys, in the same run.
+    on = {"JETJOBS_GROUP_COMMIT": "true"}
+    system = System(bin_dir, sync_always=False, work=Path(work) / "plain-gc", extra_env=on)
+    try:
+        system.start()
+        loadgen(system, bin_dir, "noop", {}, 500, 64)
+        results["W1_gc"] = loadgen(system, bin_dir, "noop", {}, n(20000), 64)
+    finally:
+        system.stop()
+
     system = System(bin_dir, sync_always=True, work=Path(work) / "durable")
     try:
         system.start()
         loadgen(system, bin_dir, "noop", {}, 500, 64)
-        results["W1d"] = loadgen(system, bin_dir, "noop", {}, n(5000), 64)
-        results["floor_W1d"] = floor(system, bin_dir, n(5000), 64)
+        results["W1d"] = loadgen(system, bin_dir, "noop", {}, n(10000), 64)
+        results["floor_W1d"] = floor(system, bin_dir, n(10000), 64)
+        results["fsyncs_per_job"] = count_fsyncs(system, bin_dir, n(2000))
+    finally:
+        system.stop()
+
+    system = System(bin_dir, sync_always=True, work=Path(work) / "durable-gc", extra_env=on)
+    try:
+        system.start()
+        loadgen(system, bin_dir, "noop", {}, 500, 64)
+        results["W1d_gc"] = loadgen(system, bin_dir, "noop", {}, n(10000), 64)
+        results["fsyncs_per_job_gc"] = count_fsyncs(system, bin_dir, n(2000))
     finally:
         system.stop()
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     results["machine"] = machine()
+    results["waiters"] = args.waiters
     results["bin_dir"] = str(bin_dir)
     results["date"] = datetime.date.today().isoformat()
     return results
@@ -322,7 +371,10 @@ def report(r):
         row("W1", "noop, c=64", r["W1"], r["floor_W1"]),
         row("W2", "sleep 50 ms, c=64", r["W2"], bound=1280.0),
         row("W3", "hash 1 MiB × 20, c=16", r["W3"], bound=r["hash_bound"]["jobs_per_sec"]),
+        row("W1", "… with group commit", r["W1_gc"], r["floor_W1"]),
+        row("W1w", f"noop, c=64, {r.get('waiters', 0)} idle waiters", r["W1w"], r["floor_W1"]),
         row("W1d", "noop, c=64, sync always", r["W1d"], r["floor_W1d"]),
+        row("W1d", "… with group commit", r["W1d_gc"], r["floor_W1d"]),
         row("floor", "raw pipeline, one at a time", {**r["floor_W0"], "done": r["floor_W0"]["jobs"]}),
         row("floor", "raw pipeline, c=64", {**r["floor_W1"], "done": r["floor_W1"]["jobs"]}),
         row("floor d", "raw pipeline, c=64, sync always",
@@ -334,7 +386,7 @@ def report(r):
     procs = ["gateway", "status", "processor-io", "processor-cpu", "notifier", "nats-server"]
     lines.append("| workload | " + " | ".join(procs) + " | total |")
     lines.append("| --- |" + " ---: |" * (len(procs) + 1))
-    for w in ["W0", "W1", "W2", "W3", "W1d"]:
+    for w in ["W0", "W1", "W1_gc", "W1w", "W2", "W3", "W1d", "W1d_gc"]:
         cpu = r[w]["cpu_us_per_job"]
         lines.append(f"| {w} | " + " | ".join(f"{cpu.get(p, 0):,.0f}" for p in procs)
                      + f" | {sum(cpu.values()):,.0f} |")
@@ -350,6 +402,10 @@ def report(r):
         f"p50 {h['p50']:.2f} ms, p99 {h['p99']:.2f} ms. "
         f"Hash bound (same kernel on every core, nothing else): "
         f"{r['hash_bound']['jobs_per_sec']:.1f} jobs/s.",
+        "",
+        f"fsync calls of nats-server per noop job with `sync_interval: always` (strace, "
+        f"c=64): {r.get('fsyncs_per_job')} as shipped, "
+        f"{r.get('fsyncs_per_job_gc')} with group commit.",
         "",
         "Peak RSS after the default-fsync runs (MB): "
         + ", ".join(f"{k} {v:.0f}" for k, v in sorted(rss.items())) + ".",
@@ -375,6 +431,8 @@ def main():
     parser.add_argument("--bin-dir", default=os.environ.get("BIN_DIR", "target/release"))
     parser.add_argument("--quick", action="store_true", help="a fifth of the jobs")
     parser.add_argument("--keep", action="store_true", help="keep the work dir and logs")
+    parser.add_argument("--waiters", type=int, default=1000,
+                        help="idle long-polling clients during W1w")
     parser.add_argument("--out", default="target/bench/report.md")
     parser.add_argument("--json-out", default="target/bench/report.json")
     parser.add_argument("--write-docs", action="store_true",

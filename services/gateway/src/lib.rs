@@ -85,7 +85,10 @@ pub struct Config {
     pub webhook_allow: jetjobs::webhook::AddressPolicy,
     /// Group commit: submissions that arrive together are stored as one atomic batch
     /// (one fsync for many jobs with `sync_interval: always`); a lone one goes out at once.
-    #[arg(long, env = "JETJOBS_GROUP_COMMIT", default_value_t = true, action = clap::ArgAction::Set)]
+    /// Off by default: on a local disk (fsync ~80 µs) it halved fsyncs per job but cost
+    /// JetStream more CPU than it saved (docs/performance.md); turn it on where fsync is
+    /// slow (network-attached disks) and the server runs `sync_interval: always`.
+    #[arg(long, env = "JETJOBS_GROUP_COMMIT", default_value_t = false, action = clap::ArgAction::Set)]
     pub group_commit: bool,
     /// Fewer waiting writes than this are published one by one (a batch costs about
     /// four fsyncs whatever its size).
@@ -108,7 +111,7 @@ impl Config {
             sse_keepalive_secs: 15,
             max_event_streams: 256,
             webhook_allow: jetjobs::webhook::AddressPolicy::default(),
-            group_commit: true,
+            group_commit: false,
             group_commit_min: 5,
         }
     }

@@ -35,6 +35,10 @@ pub struct Args {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Clients held open during the run, each long-polling a finished job of its own
+    /// (what a thousand waiting browsers or SSE clients cost the gateway).
+    #[arg(long, default_value_t = 0)]
+    pub waiters: usize,
     /// Do not draw the progress bar.
     #[arg(long)]
     pub no_progress: bool,

@@ -5,6 +5,7 @@
 //! - [`run`]: submits over HTTP while watching the `job_status` bucket for outcomes;
 //! - [`tracker`]: per-job bookkeeping and the latency histograms;
 //! - [`report`]: the [`Summary`], as a table or JSON;
+//! - [`waiters`]: idle long-polling clients held open during a run (`--waiters`);
 //! - [`floor`]: the raw JetStream pipeline and the `hash` bound (`jetjobs-floor`).
 
 pub mod args;
@@ -12,6 +13,7 @@ pub mod floor;
 pub mod report;
 pub mod run;
 pub mod tracker;
+pub mod waiters;
 
 pub use args::Args;
 pub use report::{Percentiles, Summary};

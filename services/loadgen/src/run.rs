@@ -49,6 +49,12 @@ pub async fn run_until(args: Args, stop: CancellationToken) -> anyhow::Result<Su
         .build()
         .context("building the HTTP client")?;
 
+    // Before the watch below, so the waiters' own jobs are not counted.
+    let waiting = CancellationToken::new();
+    let _stop_waiting = waiting.clone().drop_guard();
+    if args.waiters > 0 {
+        crate::waiters::hold(&args.url, args.waiters, waiting.clone()).await?;
+    }
     let nats = args.nats.connect(crate::NAME).await?;
     let bucket = jetstream::new(nats)
         .get_key_value(STATUS_BUCKET)

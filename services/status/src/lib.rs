@@ -66,7 +66,10 @@ pub struct Config {
     pub cache_per_shard: usize,
     /// Group commit: snapshots the shards write together are stored as one atomic batch
     /// (one fsync for many with `sync_interval: always`).
-    #[arg(long, env = "JETJOBS_GROUP_COMMIT", default_value_t = true, action = clap::ArgAction::Set)]
+    /// Off by default: on a local disk (fsync ~80 µs) it halved fsyncs per job but cost
+    /// JetStream more CPU than it saved (docs/performance.md); turn it on where fsync is
+    /// slow (network-attached disks) and the server runs `sync_interval: always`.
+    #[arg(long, env = "JETJOBS_GROUP_COMMIT", default_value_t = false, action = clap::ArgAction::Set)]
     pub group_commit: bool,
     /// Fewer waiting writes than this are published one by one.
     #[arg(long, env = "JETJOBS_GROUP_COMMIT_MIN", default_value_t = 5)]
@@ -85,7 +88,7 @@ impl Config {
             shard_buffer: 256,
             batch: 512,
             cache_per_shard: 4_096,
-            group_commit: true,
+            group_commit: false,
             group_commit_min: 5,
             admin: jetjobs::metrics::AdminArgs::default(),
         }

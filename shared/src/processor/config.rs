@@ -36,7 +36,10 @@ pub struct RuntimeConfig {
     pub shutdown_grace_secs: u64,
     /// Group commit: events of jobs that end together are stored as one atomic batch
     /// (one fsync for many with `sync_interval: always`); a lone one goes out at once.
-    #[arg(long, env = "JETJOBS_GROUP_COMMIT", default_value_t = true, action = clap::ArgAction::Set)]
+    /// Off by default: on a local disk (fsync ~80 µs) it halved fsyncs per job but cost
+    /// JetStream more CPU than it saved (docs/performance.md); turn it on where fsync is
+    /// slow (network-attached disks) and the server runs `sync_interval: always`.
+    #[arg(long, env = "JETJOBS_GROUP_COMMIT", default_value_t = false, action = clap::ArgAction::Set)]
     pub group_commit: bool,
     /// Fewer waiting events than this are published one by one.
     #[arg(long, env = "JETJOBS_GROUP_COMMIT_MIN", default_value_t = 5)]
@@ -56,7 +59,7 @@ impl Default for RuntimeConfig {
             retry_base_ms: 1_000,
             retry_max_ms: 60_000,
             shutdown_grace_secs: 20,
-            group_commit: true,
+            group_commit: false,
             group_commit_min: 5,
             admin: crate::metrics::AdminArgs::default(),
         }

@@ -34,6 +34,8 @@ pub struct Options {
     pub jobs_max_msgs: i64,
     /// Runs the notifier too, and lets callbacks reach loopback receivers.
     pub run_notifier: bool,
+    /// Group commit in the gateway, the processors and the status service.
+    pub group_commit: bool,
 }
 
 impl Default for Options {
@@ -47,6 +49,7 @@ impl Default for Options {
             max_body_bytes: 64 * 1024,
             jobs_max_msgs: Layout::default().jobs_max_msgs,
             run_notifier: false,
+            group_commit: false,
         }
     }
 }
@@ -118,11 +121,12 @@ impl System {
         layout::provision(&js, &layout).await.expect("provision");
 
         let url = nats.url();
-        let status = options.run_status.then(|| start_status(&url));
+        let gc = options.group_commit;
+        let status = options.run_status.then(|| start_status_with(&url, gc));
         let io = options
             .run_io
-            .then(|| start_io_with(&url, options.io_concurrency));
-        let cpu = Some(start_cpu(&url, options.cpu_concurrency));
+            .then(|| start_processor_io(&url, options.io_concurrency, gc));
+        let cpu = Some(start_processor_cpu(&url, options.cpu_concurrency, gc));
         let notifier = options.run_notifier.then(|| {
             let secret =
                 jetjobs::webhook::Secret::from_bytes(b"a-test-secret-of-32-bytes-length".to_vec());
@@ -137,6 +141,7 @@ impl System {
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let mut gateway_config = jetjobs_gateway::Config::local(&url);
         gateway_config.max_body_bytes = options.max_body_bytes;
+        gateway_config.group_commit = gc;
         if options.run_notifier {
             gateway_config.webhook_allow = LOOPBACK.parse().expect("allow list");
         }
@@ -277,14 +282,19 @@ impl System {
 }
 
 pub fn start_status(url: &str) -> Component {
+    start_status_with(url, false)
+}
+
+pub fn start_status_with(url: &str, group_commit: bool) -> Component {
     let mut config = jetjobs_status::Config::local(url);
     config.shards = 8;
+    config.group_commit = group_commit;
     Component::spawn("status", move |shutdown| {
         jetjobs_status::run(config, shutdown)
     })
 }
 
-pub fn start_io_with(url: &str, concurrency: usize) -> Component {
+pub fn start_processor_io(url: &str, concurrency: usize, group_commit: bool) -> Component {
     let concurrency = concurrency.to_string();
     let config = jetjobs_processor_io::Config::parse_from([
         "jetjobs-processor-io",
@@ -292,6 +302,8 @@ pub fn start_io_with(url: &str, concurrency: usize) -> Component {
         url,
         "--concurrency",
         &concurrency,
+        "--group-commit",
+        if group_commit { "true" } else { "false" },
         "--retry-base-ms",
         "50",
         "--shutdown-grace-secs",
@@ -302,7 +314,7 @@ pub fn start_io_with(url: &str, concurrency: usize) -> Component {
     })
 }
 
-pub fn start_cpu(url: &str, concurrency: usize) -> Component {
+pub fn start_processor_cpu(url: &str, concurrency: usize, group_commit: bool) -> Component {
     let concurrency = concurrency.to_string();
     let config = jetjobs_processor_cpu::Config::parse_from([
         "jetjobs-processor-cpu",
@@ -310,6 +322,8 @@ pub fn start_cpu(url: &str, concurrency: usize) -> Component {
         url,
         "--concurrency",
         &concurrency,
+        "--group-commit",
+        if group_commit { "true" } else { "false" },
         "--retry-base-ms",
         "50",
         "--shutdown-grace-secs",

@@ -6,6 +6,7 @@ mod helpers;
 mod backpressure;
 mod crash;
 mod errors;
+mod group_commit;
 mod idempotency;
 mod jobs;
 mod lifecycle;
