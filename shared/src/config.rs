@@ -7,7 +7,31 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context as _;
+/// Why a service could not reach NATS; each says which setting to look at.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("{url:?} is not a NATS server URL: {source}")]
+    BadUrl {
+        url: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("NATS_URL names no server")]
+    NoServer,
+    #[error("reading NATS credentials {path}: {source}")]
+    Credentials {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("could not connect to NATS at {url} within {secs}s: {source}")]
+    Unreachable {
+        url: String,
+        secs: u64,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+}
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct NatsArgs {
@@ -42,7 +66,7 @@ impl NatsArgs {
     /// Connects as `name` (shown by `nats server report connections`), retrying with
     /// backoff until `connect_timeout_secs` have passed. After the first connection the
     /// client reconnects by itself, forever.
-    pub async fn connect(&self, name: &str) -> anyhow::Result<async_nats::Client> {
+    pub async fn connect(&self, name: &str) -> Result<async_nats::Client, ConnectError> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(self.connect_timeout_secs);
         let mut delay = Duration::from_millis(100);
         loop {
@@ -53,12 +77,11 @@ impl NatsArgs {
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(2));
                 }
-                Err(e) => {
-                    return Err(e).with_context(|| {
-                        format!(
-                            "could not connect to NATS at {} within {}s",
-                            self.nats_url, self.connect_timeout_secs
-                        )
+                Err(source) => {
+                    return Err(ConnectError::Unreachable {
+                        url: self.nats_url.clone(),
+                        secs: self.connect_timeout_secs,
+                        source,
                     });
                 }
             }
@@ -66,7 +89,7 @@ impl NatsArgs {
     }
 
     /// The servers of `nats_url`, which may list several, comma-separated.
-    pub fn servers(&self) -> anyhow::Result<Vec<async_nats::ServerAddr>> {
+    pub fn servers(&self) -> Result<Vec<async_nats::ServerAddr>, ConnectError> {
         let servers = self
             .nats_url
             .split(',')
@@ -74,18 +97,26 @@ impl NatsArgs {
             .filter(|url| !url.is_empty())
             .map(|url| {
                 url.parse::<async_nats::ServerAddr>()
-                    .with_context(|| format!("{url:?} is not a NATS server URL"))
+                    .map_err(|source| ConnectError::BadUrl {
+                        url: url.to_string(),
+                        source,
+                    })
             })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        anyhow::ensure!(!servers.is_empty(), "NATS_URL names no server");
+            .collect::<Result<Vec<_>, _>>()?;
+        if servers.is_empty() {
+            return Err(ConnectError::NoServer);
+        }
         Ok(servers)
     }
 
-    async fn options(&self, name: &str) -> anyhow::Result<async_nats::ConnectOptions> {
+    async fn options(&self, name: &str) -> Result<async_nats::ConnectOptions, ConnectError> {
         let mut options = match &self.nats_creds {
             Some(path) => async_nats::ConnectOptions::with_credentials_file(path)
                 .await
-                .with_context(|| format!("reading NATS credentials {}", path.display()))?,
+                .map_err(|source| ConnectError::Credentials {
+                    path: path.display().to_string(),
+                    source,
+                })?,
             None => async_nats::ConnectOptions::new(),
         };
         if let (Some(user), Some(password)) = (&self.nats_user, &self.nats_password) {

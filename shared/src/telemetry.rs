@@ -80,10 +80,22 @@ impl Telemetry {
     }
 }
 
+/// Why telemetry could not be set up as the `OTEL_*` environment asks.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("{name}={protocol:?}: jetjobs exports OTLP over gRPC only; unset it or use \"grpc\"")]
+    Protocol {
+        name: &'static str,
+        protocol: String,
+    },
+    #[error("cannot set up the OTLP trace exporter: {0}")]
+    Exporter(String),
+}
+
 /// Installs the global subscriber and, if configured, the OTLP exporter; call it from
 /// inside the Tokio runtime (the gRPC client lives on it). A second call (tests) keeps
 /// the first subscriber.
-pub fn init(service: &'static str) -> anyhow::Result<Telemetry> {
+pub fn init(service: &'static str) -> Result<Telemetry, TelemetryError> {
     set_propagator();
     let provider = otlp_provider(service)?;
     install(service, provider.as_ref());
@@ -154,7 +166,7 @@ where
 }
 
 /// The OTLP exporter the `OTEL_*` environment asks for, or none.
-fn otlp_provider(service: &'static str) -> anyhow::Result<Option<SdkTracerProvider>> {
+fn otlp_provider(service: &'static str) -> Result<Option<SdkTracerProvider>, TelemetryError> {
     let set = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
     let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"))
         || std::env::var("OTEL_TRACES_EXPORTER").is_ok_and(|v| v.eq_ignore_ascii_case("none"));
@@ -171,9 +183,7 @@ fn otlp_provider(service: &'static str) -> anyhow::Result<Option<SdkTracerProvid
             && !protocol.is_empty()
             && protocol != "grpc"
         {
-            anyhow::bail!(
-                "{name}={protocol:?}: jetjobs exports OTLP over gRPC only; unset it or use \"grpc\""
-            );
+            return Err(TelemetryError::Protocol { name, protocol });
         }
     }
     // The endpoint, headers, timeout and compression come from the OTEL_EXPORTER_OTLP_*
@@ -181,7 +191,7 @@ fn otlp_provider(service: &'static str) -> anyhow::Result<Option<SdkTracerProvid
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .build()
-        .map_err(|e| anyhow::anyhow!("cannot set up the OTLP trace exporter: {e}"))?;
+        .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
     let mut resource = opentelemetry_sdk::Resource::builder();
     if !set("OTEL_SERVICE_NAME") {
         // Namespaced, since a trace UI lists the services of many systems.

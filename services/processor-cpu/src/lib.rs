@@ -114,7 +114,8 @@ pub fn spec() -> ProcessorSpec {
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     processor(&config)
         .serve(&config.nats, config.runtime.clone(), shutdown)
-        .await
+        .await?;
+    Ok(())
 }
 
 #[cfg(test)]

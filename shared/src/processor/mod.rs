@@ -54,6 +54,8 @@ pub enum RuntimeError {
     Registry(#[from] kinds::RegistryError),
     #[error("{0}")]
     Nats(String),
+    #[error(transparent)]
+    Connect(#[from] crate::config::ConnectError),
     #[error("cannot serve metrics: {0}")]
     Admin(String),
     #[error(
@@ -146,7 +148,7 @@ impl Processor {
         nats: &crate::config::NatsArgs,
         runtime: RuntimeConfig,
         shutdown: CancellationToken,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), RuntimeError> {
         let client = nats.connect(&self.name).await?;
         self.run(client.clone(), runtime, shutdown).await?;
         // Bounded: with the server gone, a drain would wait for a reconnection forever.
