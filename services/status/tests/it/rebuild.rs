@@ -1,5 +1,5 @@
 //! `--rebuild` recreates the projection from the streams (DESIGN invariant 5), here with
-//! events and requests published directly; `services/gateway/tests/it/rebuild.rs` does
+//! events and requests published directly; `services/e2e/tests/it/rebuild.rs` does
 //! the same through the whole system.
 
 use std::time::Duration;

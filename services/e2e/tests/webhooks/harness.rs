@@ -15,7 +15,6 @@ use jetjobs::testing::NatsServer;
 use jetjobs::webhook::Secret;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// The two active secrets every scenario signs with (a rotation in progress).
@@ -34,36 +33,7 @@ pub fn secrets_env() -> String {
         .join(",")
 }
 
-/// One service running in-process, stopped on drop.
-pub struct Component {
-    shutdown: CancellationToken,
-    _handle: JoinHandle<()>,
-}
-
-impl Component {
-    pub fn spawn<F>(name: &'static str, run: impl FnOnce(CancellationToken) -> F) -> Self
-    where
-        F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
-    {
-        let shutdown = CancellationToken::new();
-        let future = run(shutdown.clone());
-        let handle = tokio::spawn(async move {
-            if let Err(e) = future.await {
-                panic!("{name} failed: {e:#}");
-            }
-        });
-        Self {
-            shutdown,
-            _handle: handle,
-        }
-    }
-}
-
-impl Drop for Component {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
+pub use jetjobs_e2e::Component;
 
 pub struct Options {
     /// Run the notifier in-process (off for scenarios that spawn its binary).

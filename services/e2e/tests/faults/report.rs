@@ -33,7 +33,7 @@ pub struct Row {
 }
 
 fn workspace_root() -> PathBuf {
-    // CARGO_MANIFEST_DIR = <root>/services/gateway
+    // CARGO_MANIFEST_DIR = <root>/services/e2e
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
         .canonicalize()
@@ -72,7 +72,7 @@ pub fn record(row: &Row) {
 fn render(rows: &[Row]) -> String {
     let mut out = String::from(
         "# Reliability: fault-injection results\n\n\
-         Written by the fault-injection suite (`services/gateway/tests/faults`), which runs in\n\
+         Written by the fault-injection suite (`services/e2e/tests/faults`), which runs in\n\
          `.ci/run` (its report: `target/reliability.md`); do not edit by hand. To refresh\n\
          this page: `JETJOBS_RELIABILITY_REPORT=docs/reliability.md cargo test -p\n\
          jetjobs-gateway --test faults`. Each scenario runs a real workload against a real\n\

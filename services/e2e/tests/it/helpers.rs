@@ -1,6 +1,5 @@
 //! Starting a whole jetjobs system in-process, and talking to it like a client.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
@@ -11,8 +10,6 @@ use jetjobs::testing::NatsServer;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 pub const ALL_KINDS: [&str; 5] = ["flaky", "hash", "noop", "sleep", "thumbnail"];
 
@@ -54,44 +51,7 @@ impl Default for Options {
     }
 }
 
-/// One service running in-process, stopped on drop.
-pub struct Component {
-    shutdown: CancellationToken,
-    handle: Option<JoinHandle<()>>,
-}
-
-impl Component {
-    fn spawn<F>(name: &'static str, run: impl FnOnce(CancellationToken) -> F) -> Self
-    where
-        F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
-    {
-        let shutdown = CancellationToken::new();
-        let future = run(shutdown.clone());
-        let handle = tokio::spawn(async move {
-            if let Err(e) = future.await {
-                panic!("{name} failed: {e:#}");
-            }
-        });
-        Self {
-            shutdown,
-            handle: Some(handle),
-        }
-    }
-
-    /// A clean stop: the service finishes in-flight work first.
-    pub async fn stop(mut self) {
-        self.shutdown.cancel();
-        if let Some(handle) = self.handle.take() {
-            handle.await.expect("component task");
-        }
-    }
-}
-
-impl Drop for Component {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
+pub use jetjobs_e2e::Component;
 
 pub struct System {
     pub nats: NatsServer,
@@ -336,22 +296,7 @@ pub fn start_processor_cpu(url: &str, concurrency: usize, group_commit: bool) ->
 
 pub use jetjobs::testing::eventually;
 
-/// A service binary built next to this test (`cargo build --bins` builds them).
-pub fn service_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/it-<hash> -> target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace --bins` before the tests (the README's test command does)",
-        path.display()
-    );
-    path
-}
+pub use jetjobs_e2e::service_binary;
 
 /// Asserts that a response is RFC 9457 problem+json with the given status, and returns it.
 pub async fn assert_problem(response: reqwest::Response, status: StatusCode) -> Value {

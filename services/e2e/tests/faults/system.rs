@@ -11,47 +11,8 @@ use futures::StreamExt as _;
 use jetjobs::layout::{self, Layout};
 use reqwest::StatusCode;
 use serde_json::Value;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
-/// One service running in-process, stopped on drop.
-pub struct Component {
-    shutdown: CancellationToken,
-    handle: Option<JoinHandle<()>>,
-}
-
-impl Component {
-    fn spawn<F>(name: &'static str, run: impl FnOnce(CancellationToken) -> F) -> Self
-    where
-        F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
-    {
-        let shutdown = CancellationToken::new();
-        let future = run(shutdown.clone());
-        let handle = tokio::spawn(async move {
-            if let Err(e) = future.await {
-                panic!("{name} failed: {e:#}");
-            }
-        });
-        Self {
-            shutdown,
-            handle: Some(handle),
-        }
-    }
-
-    /// A clean stop: the service finishes in-flight work first.
-    pub async fn stop(mut self) {
-        self.shutdown.cancel();
-        if let Some(handle) = self.handle.take() {
-            handle.await.expect("component task");
-        }
-    }
-}
-
-impl Drop for Component {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
+pub use jetjobs_e2e::Component;
 
 /// Provisions the layout for both processors, with a short `ack_wait` so a job whose
 /// ack was lost comes back within the scenario.

@@ -6,22 +6,7 @@ use std::time::Duration;
 
 use crate::check::eventually;
 
-/// A service binary built next to this test (`deploy/local/test.sh` builds them).
-pub fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/faults-<hash> -> target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace --bins --all-features` first (deploy/local/test.sh does)",
-        path.display()
-    );
-    path
-}
+pub use jetjobs_e2e::service_binary as binary;
 
 /// One service process; restartable with the same command line and environment.
 pub struct Service {

@@ -12,7 +12,7 @@ use crate::harness::{Options, Receiver, System, eventually, secrets_env};
 const JOBS: usize = 100;
 
 fn spawn_notifier(nats_url: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_jetjobs-notifier"))
+    Command::new(jetjobs_e2e::service_binary("jetjobs-notifier"))
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("NATS_URL", nats_url)
