@@ -6,7 +6,7 @@
 //! all rows present after every scenario, so a run of the whole suite rewrites every
 //! row, and a run of one scenario updates only its own. A plain local run leaves the
 //! tracked `docs/reliability.md` alone; to refresh it:
-//! `JETJOBS_RELIABILITY_REPORT=docs/reliability.md cargo test -p jetjobs-gateway --test faults`.
+//! `JETJOBS_RELIABILITY_REPORT=docs/reliability.md cargo test -p jetjobs-e2e --all-features --test faults`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -75,7 +75,7 @@ fn render(rows: &[Row]) -> String {
          Written by the fault-injection suite (`services/e2e/tests/faults`), which runs in\n\
          `.ci/run` (its report: `target/reliability.md`); do not edit by hand. To refresh\n\
          this page: `JETJOBS_RELIABILITY_REPORT=docs/reliability.md cargo test -p\n\
-         jetjobs-gateway --test faults`. Each scenario runs a real workload against a real\n\
+         jetjobs-e2e --test faults`. Each scenario runs a real workload against a real\n\
          `nats-server`, injects its fault, and then checks every job that got a 202:\n\n\
          - **lost**: it never reached a terminal state;\n\
          - **duplicated**: it ran to success more than once, or has more than one terminal event;\n\
