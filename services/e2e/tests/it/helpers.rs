@@ -33,6 +33,53 @@ pub struct Options {
     pub run_notifier: bool,
     /// Group commit in the gateway, the processors and the status service.
     pub group_commit: bool,
+    /// How the in-process notifier runs (with `run_notifier`).
+    pub notifier: NotifierOptions,
+    /// The notifier consumer's `ack_wait` (provisioned).
+    pub notifier_ack_wait: Duration,
+    /// The gateway accepts callbacks to loopback receivers even without an in-process
+    /// notifier (scenarios that run the notifier binary).
+    pub loopback_callbacks: bool,
+}
+
+/// The in-process notifier's settings.
+#[derive(Clone, Debug)]
+pub struct NotifierOptions {
+    /// `JETJOBS_WEBHOOK_SECRETS`.
+    pub secrets: String,
+    /// `JETJOBS_WEBHOOK_ALLOW`.
+    pub allow: String,
+    /// `JETJOBS_WEBHOOK_CA_FILE`.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Retries after 50–200 ms and a 2 s timeout, for delivery scenarios.
+    pub quick_retries: bool,
+}
+
+impl Default for NotifierOptions {
+    fn default() -> Self {
+        Self {
+            secrets: jetjobs::webhook::Secret::from_bytes(
+                b"a-test-secret-of-32-bytes-length".to_vec(),
+            )
+            .to_whsec(),
+            allow: LOOPBACK.to_string(),
+            ca_file: None,
+            quick_retries: false,
+        }
+    }
+}
+
+/// A notifier for `url` with `options`' secrets, allow-list, CA file and retry pace.
+pub fn notifier_config(url: &str, options: &NotifierOptions) -> jetjobs_notifier::Config {
+    let mut config = jetjobs_notifier::Config::local(url, &options.secrets);
+    config.allow = options.allow.parse().expect("allow list");
+    config.ca_file = options.ca_file.clone();
+    if options.quick_retries {
+        config.retry_base_ms = 50;
+        config.retry_max_ms = 200;
+        config.timeout_secs = 2;
+    }
+    config
 }
 
 impl Default for Options {
@@ -47,6 +94,9 @@ impl Default for Options {
             jobs_max_msgs: Layout::default().jobs_max_msgs,
             run_notifier: false,
             group_commit: false,
+            notifier: NotifierOptions::default(),
+            notifier_ack_wait: Layout::default().notifier_ack_wait,
+            loopback_callbacks: false,
         }
     }
 }
@@ -59,6 +109,9 @@ pub struct System {
     pub http: reqwest::Client,
     pub base: String,
     pub status: Option<Component>,
+    /// Where the in-process notifier serves `/metrics` (read by the webhook suite).
+    #[allow(dead_code)]
+    pub notifier_admin: Option<std::net::SocketAddr>,
     /// Gateway and processors, running until the system is dropped.
     _services: Vec<Component>,
 }
@@ -75,6 +128,7 @@ impl System {
         let layout = Layout {
             ack_wait: options.ack_wait,
             jobs_max_msgs: options.jobs_max_msgs,
+            notifier_ack_wait: options.notifier_ack_wait,
             processors: vec![jetjobs_processor_io::spec(), jetjobs_processor_cpu::spec()],
             ..Layout::default()
         };
@@ -87,11 +141,14 @@ impl System {
             .run_io
             .then(|| start_processor_io(&url, options.io_concurrency, gc));
         let cpu = Some(start_processor_cpu(&url, options.cpu_concurrency, gc));
+        let mut notifier_admin = None;
         let notifier = options.run_notifier.then(|| {
-            let secret =
-                jetjobs::webhook::Secret::from_bytes(b"a-test-secret-of-32-bytes-length".to_vec());
-            let mut config = jetjobs_notifier::Config::local(&url, &secret.to_whsec());
-            config.allow = LOOPBACK.parse().expect("allow list");
+            let mut config = notifier_config(&url, &options.notifier);
+            let admin = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port");
+            config.admin.admin_listen = Some(admin);
+            notifier_admin = Some(admin);
             Component::spawn("notifier", move |shutdown| {
                 jetjobs_notifier::run(config, shutdown)
             })
@@ -102,7 +159,7 @@ impl System {
         let mut gateway_config = jetjobs_gateway::Config::local(&url);
         gateway_config.max_body_bytes = options.max_body_bytes;
         gateway_config.group_commit = gc;
-        if options.run_notifier {
+        if options.run_notifier || options.loopback_callbacks {
             gateway_config.webhook_allow = LOOPBACK.parse().expect("allow list");
         }
         let gateway = Component::spawn("gateway", move |shutdown| {
@@ -115,6 +172,7 @@ impl System {
             http: reqwest::Client::new(),
             base,
             status,
+            notifier_admin,
             _services: [Some(gateway), io, cpu, notifier]
                 .into_iter()
                 .flatten()

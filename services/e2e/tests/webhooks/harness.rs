@@ -6,16 +6,15 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use jetjobs::layout::{self, Layout};
-use jetjobs::testing::NatsServer;
 use jetjobs::webhook::Secret;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use crate::helpers;
 
 /// The two active secrets every scenario signs with (a rotation in progress).
 pub fn secrets() -> [Secret; 2] {
@@ -56,14 +55,18 @@ impl Default for Options {
     }
 }
 
+/// The shared in-process system (`it/helpers.rs`), with the notifier set up for webhook
+/// scenarios: both secrets, quick retries, loopback receivers allowed.
 pub struct System {
-    pub nats: NatsServer,
-    pub js: jetstream::Context,
-    pub http: reqwest::Client,
-    pub base: String,
-    /// Where the in-process notifier serves `/metrics`.
-    pub notifier_admin: Option<std::net::SocketAddr>,
-    _services: Vec<Component>,
+    inner: helpers::System,
+}
+
+impl std::ops::Deref for System {
+    type Target = helpers::System;
+
+    fn deref(&self) -> &helpers::System {
+        &self.inner
+    }
 }
 
 impl System {
@@ -72,85 +75,15 @@ impl System {
     }
 
     pub async fn start_with(options: Options) -> Self {
-        let nats = NatsServer::start();
-        let js = jetstream::new(nats.client().await);
-        let layout = Layout {
-            processors: vec![jetjobs_processor_io::spec()],
+        let inner = helpers::System::start_with(helpers::Options {
+            run_notifier: options.notifier,
+            notifier: notifier_options(&options),
             notifier_ack_wait: options.notifier_ack_wait,
-            ..Layout::default()
-        };
-        layout::provision(&js, &layout).await.expect("provision");
-        let url = nats.url();
-
-        let mut status = jetjobs_status::Config::local(&url);
-        status.shards = 8;
-        let mut io = jetjobs_processor_io::Config::local(url.clone());
-        io.runtime.retry_base_ms = 50;
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
-        let mut gateway = jetjobs_gateway::Config::local(&url);
-        // Receivers listen on 127.0.0.1: allow-list loopback (never 169.254.169.254).
-        gateway.webhook_allow = "127.0.0.0/8".parse().expect("allow list");
-        let mut services = vec![
-            Component::spawn("status", move |s| jetjobs_status::run(status, s)),
-            Component::spawn("processor-io", move |s| jetjobs_processor_io::run(io, s)),
-            Component::spawn("gateway", move |s| {
-                jetjobs_gateway::run(gateway, Some(listener), s)
-            }),
-        ];
-        let mut notifier_admin = None;
-        if options.notifier {
-            let mut config = notifier_config(&url);
-            config.allow = options.notifier_allow.parse().expect("allow list");
-            config.ca_file = options.notifier_ca_file.clone();
-            let admin = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free port");
-            config.admin.admin_listen = Some(admin);
-            notifier_admin = Some(admin);
-            services.push(Component::spawn("notifier", move |s| {
-                jetjobs_notifier::run(config, s)
-            }));
-        }
-        let system = Self {
-            nats,
-            js,
-            http: reqwest::Client::new(),
-            base,
-            notifier_admin,
-            _services: services,
-        };
-        system.wait_for_kinds(&["noop", "sleep"]).await;
-        system
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    async fn wait_for_kinds(&self, kinds: &[&str]) {
-        let bucket = self
-            .js
-            .get_key_value(layout::KINDS_BUCKET)
-            .await
-            .expect("job_kinds");
-        eventually(Duration::from_secs(20), || async {
-            for kind in kinds {
-                bucket.get(*kind).await.ok().flatten()?;
-            }
-            Some(())
+            loopback_callbacks: true,
+            ..helpers::Options::default()
         })
-        .await
-        .expect("processor-io registered its kinds");
-    }
-
-    pub async fn post(&self, body: &Value) -> reqwest::Response {
-        self.http
-            .post(self.url("/v1/jobs"))
-            .json(body)
-            .send()
-            .await
-            .expect("POST /v1/jobs")
+        .await;
+        Self { inner }
     }
 
     /// Submits a job with a callback and returns its id.
@@ -164,14 +97,7 @@ impl System {
     }
 
     pub async fn get_job(&self, id: &str) -> Value {
-        self.http
-            .get(self.url(&format!("/v1/jobs/{id}")))
-            .send()
-            .await
-            .expect("GET job")
-            .json()
-            .await
-            .expect("snapshot")
+        self.inner.get_job(id).await.1
     }
 
     /// Polls the job until its webhook is `state`, and returns the snapshot.
@@ -191,13 +117,24 @@ impl System {
     }
 }
 
+fn notifier_options(options: &Options) -> helpers::NotifierOptions {
+    helpers::NotifierOptions {
+        secrets: secrets_env(),
+        allow: options.notifier_allow.to_string(),
+        ca_file: options.notifier_ca_file.clone(),
+        quick_retries: true,
+    }
+}
+
 /// A notifier configured for tests: quick retries, both secrets.
 pub fn notifier_config(url: &str) -> jetjobs_notifier::Config {
-    let mut config = jetjobs_notifier::Config::local(url, &secrets_env());
-    config.retry_base_ms = 50;
-    config.retry_max_ms = 200;
-    config.timeout_secs = 2;
-    config
+    helpers::notifier_config(
+        url,
+        &notifier_options(&Options {
+            notifier_allow: "",
+            ..Options::default()
+        }),
+    )
 }
 
 pub use jetjobs::testing::eventually;

@@ -3,5 +3,9 @@
 mod crash;
 mod delivery;
 mod harness;
+// The one in-process system builder, shared with the `it` and `tracing` suites.
+#[path = "../it/helpers.rs"]
+#[allow(dead_code, unused_imports)]
+mod helpers;
 mod ssrf;
 mod tls;
