@@ -238,6 +238,23 @@ def count_fsyncs(system, bin_dir, jobs):
     return round(calls / jobs, 2)
 
 
+def loadgen_ceiling(system, bin_dir, jobs):
+    """jetjobs-loadgen against a gateway that does nothing (jetjobs-floor
+    trivial-gateway): the most it can measure, so it never hides the real gateway's limit."""
+    server = subprocess.Popen([str(Path(bin_dir) / "jetjobs-floor"), "trivial-gateway"],
+                              text=True, stdout=subprocess.PIPE)
+    try:
+        addr = server.stdout.readline().strip()
+        argv = [str(Path(bin_dir) / "jetjobs-loadgen"), "--url", f"http://{addr}",
+                "-n", str(jobs), "-c", "64", "--json", "--timeout-secs", "120"]
+        out = subprocess.run(argv, env=system.env(), text=True, stdout=subprocess.PIPE)
+        summary = json.loads(out.stdout)
+        return {"jobs": jobs, "submit_throughput": summary["submit_throughput"]}
+    finally:
+        server.terminate()
+        server.wait()
+
+
 def poll_health(system, stop, latencies):
     while not stop.is_set():
         started = time.perf_counter()
@@ -304,6 +321,7 @@ def run(args):
                                           "p99": pct(health, 0.99)}
         results["floor_W0"] = floor(system, bin_dir, 50, 1)
         results["floor_W1"] = floor(system, bin_dir, n(20000), 64)
+        results["loadgen_ceiling"] = loadgen_ceiling(system, bin_dir, n(50000))
         results["rss_mb"] = system.rss()
         for name, summary in results.items():
             if name.startswith("W"):
@@ -406,6 +424,9 @@ def report(r):
         f"fsync calls of nats-server per noop job with `sync_interval: always` (strace, "
         f"c=64): {r.get('fsyncs_per_job')} as shipped, "
         f"{r.get('fsyncs_per_job_gc')} with group commit.",
+        "",
+        f"`jetjobs-loadgen`'s own ceiling (against `jetjobs-floor trivial-gateway`, c=64): "
+        f"{r['loadgen_ceiling']['submit_throughput']:,.0f} requests/s.",
         "",
         "Peak RSS after the default-fsync runs (MB): "
         + ", ".join(f"{k} {v:.0f}" for k, v in sorted(rss.items())) + ".",

@@ -26,6 +26,12 @@ enum Command {
         #[command(flatten)]
         nats: NatsArgs,
     },
+    /// A trivial gateway: `POST /v1/jobs` answers 202 with a job already succeeded, so
+    /// `jetjobs-loadgen` pointed at it measures its own ceiling. Prints the address.
+    TrivialGateway {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+    },
     /// The `hash` kernel on every core at once, nothing else running: jobs per second.
     HashBound {
         #[arg(long, default_value_t = 1 << 20)]
@@ -79,6 +85,12 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        Command::TrivialGateway { listen } => {
+            if let Err(e) = trivial_gateway(listen).await {
+                eprintln!("error: {e:#}");
+                return ExitCode::from(2);
+            }
+        }
         Command::HashBound {
             size,
             rounds,
@@ -98,4 +110,27 @@ async fn main() -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+async fn trivial_gateway(listen: std::net::SocketAddr) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let app = axum::Router::new().route(
+        "/v1/jobs",
+        axum::routing::post(|| async {
+            let id = uuid::Uuid::now_v7();
+            (
+                axum::http::StatusCode::ACCEPTED,
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                format!(r#"{{"id":"{id}","kind":"noop","state":"succeeded"}}"#),
+            )
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    println!("{}", listener.local_addr()?);
+    use std::io::Write as _;
+    std::io::stdout().flush()?;
+    axum::serve(listener, app).await?;
+    Ok(())
 }
