@@ -290,31 +290,9 @@ async fn produce(
 
 /// The processor: for each job, publish its completion event (PubAck awaited), then ack.
 async fn process(js: jetstream::Context, jobs: consumer::PullConsumer, stop: CancellationToken) {
-    let slots = Arc::new(Semaphore::new(SLOTS));
-    let Ok(mut messages) = jobs.messages().await else {
-        tracing::warn!("The floor processor could not pull.");
-        return;
-    };
-    loop {
-        let message = tokio::select! {
-            () = stop.cancelled() => return,
-            next = messages.next() => match next {
-                Some(Ok(message)) => message,
-                Some(Err(e)) => { tracing::warn!(error = %e, "Floor pull failed."); continue }
-                None => return,
-            },
-        };
-        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-            return;
-        };
+    each_message(jobs, stop, move |message, n| {
         let js = js.clone();
-        tokio::spawn(async move {
-            let n = message
-                .subject
-                .rsplit('.')
-                .next()
-                .unwrap_or("0")
-                .to_string();
+        async move {
             let event = format!(r#"{{"id":{n},"type":"succeeded","result":{{}}}}"#);
             let mut headers = HeaderMap::new();
             headers.insert("Nats-Msg-Id", format!("{n}.succeeded").as_str());
@@ -328,16 +306,34 @@ async fn process(js: jetstream::Context, jobs: consumer::PullConsumer, stop: Can
             if stored {
                 let _ = message.ack().await;
             }
-            drop(slot);
-        });
-    }
+        }
+    })
+    .await;
 }
 
 /// The projector: for each event, put the job's status into KV (acked), then ack.
 async fn project(status: kv::Store, events: consumer::PullConsumer, stop: CancellationToken) {
+    each_message(events, stop, move |message, n| {
+        let status = status.clone();
+        async move {
+            if status.put(&n, message.payload.clone()).await.is_ok() {
+                let _ = message.ack().await;
+            }
+        }
+    })
+    .await;
+}
+
+/// Pulls until `stop`, running `handle(message, job number)` for each message with at
+/// most [`SLOTS`] at once, as a jetjobs processor's run slots would.
+async fn each_message<F, Fut>(consumer: consumer::PullConsumer, stop: CancellationToken, handle: F)
+where
+    F: Fn(jetstream::Message, String) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let slots = Arc::new(Semaphore::new(SLOTS));
-    let Ok(mut messages) = events.messages().await else {
-        tracing::warn!("The floor projector could not pull.");
+    let Ok(mut messages) = consumer.messages().await else {
+        tracing::warn!("A floor consumer could not pull.");
         return;
     };
     loop {
@@ -352,17 +348,16 @@ async fn project(status: kv::Store, events: consumer::PullConsumer, stop: Cancel
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             return;
         };
-        let status = status.clone();
+        // The job number is the subject's last token (`floor.<stage>.<n>`).
+        let n = message
+            .subject
+            .rsplit('.')
+            .next()
+            .unwrap_or("0")
+            .to_string();
+        let work = handle(message, n);
         tokio::spawn(async move {
-            let n = message
-                .subject
-                .rsplit('.')
-                .next()
-                .unwrap_or("0")
-                .to_string();
-            if status.put(&n, message.payload.clone()).await.is_ok() {
-                let _ = message.ack().await;
-            }
+            work.await;
             drop(slot);
         });
     }
