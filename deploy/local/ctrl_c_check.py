@@ -23,10 +23,17 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports: every socket stays bound until all are chosen, so two of
+    the system's listeners can never be handed the same port."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def alive(pids: list[int]) -> list[int]:
@@ -59,17 +66,34 @@ def processes_of(env: dict) -> list[int]:
     return [p for p in pids if p != os.getpid()]
 
 
+def show(script_log: str, run_dir: str) -> None:
+    """Prints run.sh's output and the tail of every component's log: the temp dir they
+    are in is gone by the time anyone reads CI's output."""
+    logs = [script_log]
+    logs_dir = os.path.join(run_dir, "logs")
+    if os.path.isdir(logs_dir):
+        logs += [os.path.join(logs_dir, name) for name in sorted(os.listdir(logs_dir))]
+    for path in logs:
+        try:
+            with open(path, errors="replace") as f:
+                lines = f.readlines()[-40:]
+        except OSError:
+            continue
+        print(f"--- {os.path.basename(path)} (last {len(lines)} lines)", file=sys.stderr)
+        sys.stderr.writelines(lines)
+
+
 def once(presses: int, run_dir: str) -> None:
-    gateway = free_port()
+    gateway, nats, monitor, status, io, cpu, notifier = free_ports(7)
     env = dict(
         os.environ,
-        NATS_PORT=str(free_port()),
-        NATS_MONITOR_PORT=str(free_port()),
+        NATS_PORT=str(nats),
+        NATS_MONITOR_PORT=str(monitor),
         JETJOBS_LISTEN=f"127.0.0.1:{gateway}",
-        STATUS_ADMIN_LISTEN=f"127.0.0.1:{free_port()}",
-        PROCESSOR_IO_ADMIN_LISTEN=f"127.0.0.1:{free_port()}",
-        PROCESSOR_CPU_ADMIN_LISTEN=f"127.0.0.1:{free_port()}",
-        NOTIFIER_ADMIN_LISTEN=f"127.0.0.1:{free_port()}",
+        STATUS_ADMIN_LISTEN=f"127.0.0.1:{status}",
+        PROCESSOR_IO_ADMIN_LISTEN=f"127.0.0.1:{io}",
+        PROCESSOR_CPU_ADMIN_LISTEN=f"127.0.0.1:{cpu}",
+        NOTIFIER_ADMIN_LISTEN=f"127.0.0.1:{notifier}",
         RUN_DIR=run_dir,
         JETJOBS_SHUTDOWN_GRACE_SECS="3",
     )
@@ -92,7 +116,9 @@ def once(presses: int, run_dir: str) -> None:
             break
         except OSError:
             if script.poll() is not None or time.time() > deadline:
-                sys.exit(f"run.sh did not start the system; see {log.name}")
+                log.flush()
+                show(log.name, run_dir)
+                sys.exit(f"run.sh did not start the system (exit {script.poll()})")
             time.sleep(0.2)
     # A job that outlasts the grace period, so the stop has something to hand back.
     request = urllib.request.Request(
@@ -121,7 +147,9 @@ def once(presses: int, run_dir: str) -> None:
     if code != expected or left:
         for pid in left:
             os.kill(pid, signal.SIGKILL)
-        sys.exit(f"expected exit {expected} and nothing left; see {log.name}")
+        log.flush()
+        show(log.name, run_dir)
+        sys.exit(f"expected exit {expected} and nothing left")
 
 
 def main() -> None:
