@@ -8,10 +8,13 @@
 //! - `tracing`: one trace per job across every service;
 //! - `permissions`: the services under `deploy/nats/auth.conf`.
 //!
-//! The crate has no library code: it exists so that no service crate depends on the
-//! others for its tests.
+//! Its library is what they share: [`system`] starts a system (one `spawn_system`, for
+//! every suite), [`Component`] is one service in it. The crate exists so that no service
+//! crate depends on the others for its tests.
 
 use std::path::PathBuf;
+
+pub mod system;
 
 /// A service binary built next to the running test (`deploy/local/test.sh` builds them,
 /// with the gateway's `failpoints`): `target/<profile>/deps/<test>-<hash>` →

@@ -90,7 +90,7 @@ async fn cluster_sigkill_the_jobs_leader() {
     );
     let services_url = cluster.urls();
     let services = Services::start(&services_url).await;
-    wait_for_kinds(&js, &["noop", "sleep"]).await;
+    jetjobs_e2e::system::wait_for_kinds(&js, &["noop", "sleep"]).await;
 
     // The run: clients submit while the JOBS leader is killed and later restarted.
     let http = reqwest::Client::builder()
@@ -460,30 +460,6 @@ async fn accepts_url_list(urls: &str) -> bool {
             eprintln!("cluster: connecting with {urls:?} failed: {e:#}");
             false
         }
-    }
-}
-
-async fn wait_for_kinds(js: &jetstream::Context, kinds: &[&str]) {
-    let bucket = js
-        .get_key_value(layout::KINDS_BUCKET)
-        .await
-        .expect("job_kinds");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut missing = Vec::new();
-        for kind in kinds {
-            if bucket.get(*kind).await.ok().flatten().is_none() {
-                missing.push(*kind);
-            }
-        }
-        if missing.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "processors did not register {missing:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

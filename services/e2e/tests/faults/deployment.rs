@@ -114,19 +114,7 @@ impl Deployment {
     }
 
     pub async fn wait_for_kinds(&self) {
-        let kinds = self
-            .js
-            .get_key_value(layout::KINDS_BUCKET)
-            .await
-            .expect("job_kinds");
-        eventually(Duration::from_secs(30), || async {
-            for kind in ["flaky", "noop", "sleep"] {
-                kinds.get(kind).await.ok().flatten()?;
-            }
-            Some(())
-        })
-        .await
-        .expect("processor-io registered its kinds");
+        jetjobs_e2e::system::wait_for_kinds(&self.js, &["flaky", "noop", "sleep"]).await;
     }
 
     /// Waits until the gateway answers `/readyz` with 200.

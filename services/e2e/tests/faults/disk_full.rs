@@ -41,14 +41,19 @@ async fn a_full_disk_refuses_jobs_cleanly_and_loses_none() {
     let disk = Tmpfs::mount(DISK_MB);
     let mut nats = Nats::start(disk.path());
     let url = nats.url();
-    let js = system::provision(&url, Duration::from_secs(30)).await;
-    let _status = system::start_status(&url);
-    let _io = system::start_io(&url);
+    let system = system::Services::start(
+        &url,
+        system::Options {
+            run_cpu: false,
+            ..system::Options::default()
+        },
+    )
+    .await;
+    let (js, base) = (system.js.clone(), system.base.clone());
     // The CPU processor registers `hash` and stops: its jobs stay queued and fill the disk.
-    let cpu = system::start_cpu(&url);
-    system::wait_for_kinds(&js, &["hash", "noop"]).await;
+    let cpu = system::start_processor_cpu(&url, 2, false);
+    system::wait_for_kinds(&js, &["hash"]).await;
     cpu.stop().await;
-    let (_gateway, base) = system::start_gateway(jetjobs_gateway::Config::local(&url)).await;
 
     let fill = Arc::new(Mutex::new(Fill::default()));
     let workers: Vec<_> = (0..WORKERS)
@@ -116,7 +121,7 @@ async fn a_full_disk_refuses_jobs_cleanly_and_loses_none() {
     }
 
     // The backlog runs.
-    let _cpu = system::start_cpu(&url);
+    let _cpu = system::start_processor_cpu(&url, 2, false);
     let outcome = system::check_jobs(&js, &fill.accepted, Duration::from_secs(45)).await;
 
     report::record(&Row {
@@ -489,15 +494,20 @@ async fn full_stores_refuse_new_jobs_and_forget_none() {
         change(&mut layout);
         layout
     };
-    let small = layout_with(&|l| {
-        l.idempotency_max_bytes = CLAIMS_BYTES;
-        l.status_max_bytes = STATUS_BYTES;
-    });
-    layout::provision(&js, &small).await.expect("provision");
-    let _status = system::start_status(&url);
-    let _io = system::start_io(&url);
-    system::wait_for_kinds(&js, &["noop"]).await;
-    let (_gateway, base) = system::start_gateway(jetjobs_gateway::Config::local(&url)).await;
+    let system = system::Services::start(
+        &url,
+        system::Options {
+            ack_wait: Duration::from_secs(2),
+            run_cpu: false,
+            layout: |small| {
+                small.idempotency_max_bytes = CLAIMS_BYTES;
+                small.status_max_bytes = STATUS_BYTES;
+            },
+            ..system::Options::default()
+        },
+    )
+    .await;
+    let base = system.base.clone();
     let http = system::http_client();
 
     // 1. Claims fill up.

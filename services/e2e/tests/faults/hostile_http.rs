@@ -28,14 +28,19 @@ async fn hostile_clients_are_cut_off_and_normal_requests_are_served() {
     let _turn = crate::serial().await;
     let nats = NatsServer::start();
     let url = nats.url();
-    let js = system::provision(&url, Duration::from_secs(30)).await;
-    let _status = system::start_status(&url);
-    let _io = system::start_io(&url);
-    let mut config = jetjobs_gateway::Config::local(&url);
-    config.header_timeout_secs = HEADER_TIMEOUT_SECS;
-    config.request_timeout_secs = REQUEST_TIMEOUT_SECS;
-    let (_gateway, base) = system::start_gateway(config).await;
-    system::wait_for_kinds(&js, &["noop"]).await;
+    let system = system::Services::start(
+        &url,
+        system::Options {
+            run_cpu: false,
+            gateway: |config| {
+                config.header_timeout_secs = HEADER_TIMEOUT_SECS;
+                config.request_timeout_secs = REQUEST_TIMEOUT_SECS;
+            },
+            ..system::Options::default()
+        },
+    )
+    .await;
+    let base = system.base.clone();
     let addr = base.trim_start_matches("http://").to_string();
 
     // A well-behaved client, all along: submit a noop job, read it back.

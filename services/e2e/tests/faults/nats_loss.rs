@@ -23,11 +23,16 @@ async fn gateway_answers_503_without_nats_and_recovers_by_itself() {
     let _turn = crate::serial().await;
     let mut nats = NatsServer::start();
     let url = nats.url();
-    let js = system::provision(&url, Duration::from_secs(5)).await;
-    let _status = system::start_status(&url);
-    let _io = system::start_io(&url);
-    let (_gateway, base) = system::start_gateway(jetjobs_gateway::Config::local(&url)).await;
-    system::wait_for_kinds(&js, &["noop", "sleep"]).await;
+    let system = system::Services::start(
+        &url,
+        system::Options {
+            ack_wait: Duration::from_secs(5),
+            run_cpu: false,
+            ..system::Options::default()
+        },
+    )
+    .await;
+    let (js, base) = (system.js.clone(), system.base.clone());
     let http = system::http_client();
 
     // Jobs in every stage when NATS dies: finished, running, still queued.

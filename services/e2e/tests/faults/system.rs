@@ -1,105 +1,19 @@
 //! Helpers for the gateway-facing scenarios (hostile HTTP, disk full, NATS loss): the
-//! services in-process against a nats-server the scenario owns, a client that records
-//! every answer, and the end-of-run checks on the jobs that got a 202.
+//! suites' system (`jetjobs_e2e::system`) against a nats-server the scenario owns, a
+//! client that gives up on idle connections, and the end-of-run checks on the jobs that
+//! got a 202.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
-use clap::Parser as _;
 use futures::StreamExt as _;
-use jetjobs::layout::{self, Layout};
-use reqwest::StatusCode;
+use jetjobs::layout;
 use serde_json::Value;
 
-pub use jetjobs_e2e::Component;
-
-/// Provisions the layout for both processors, with a short `ack_wait` so a job whose
-/// ack was lost comes back within the scenario.
-pub async fn provision(nats_url: &str, ack_wait: Duration) -> jetstream::Context {
-    let client = async_nats::ConnectOptions::new()
-        .name("fault-test")
-        .connect(nats_url)
-        .await
-        .expect("connect to nats-server");
-    let js = jetstream::new(client);
-    let layout = Layout {
-        ack_wait,
-        processors: vec![jetjobs_processor_io::spec(), jetjobs_processor_cpu::spec()],
-        ..Layout::default()
-    };
-    layout::provision(&js, &layout).await.expect("provision");
-    js
-}
-
-pub fn start_status(url: &str) -> Component {
-    let mut config = jetjobs_status::Config::local(url);
-    config.shards = 8;
-    Component::spawn("status", move |shutdown| {
-        jetjobs_status::run(config, shutdown)
-    })
-}
-
-pub fn start_io(url: &str) -> Component {
-    let config = jetjobs_processor_io::Config::parse_from([
-        "jetjobs-processor-io",
-        "--nats-url",
-        url,
-        "--retry-base-ms",
-        "50",
-        "--shutdown-grace-secs",
-        "2",
-    ]);
-    Component::spawn("processor-io", move |shutdown| {
-        jetjobs_processor_io::run(config, shutdown)
-    })
-}
-
-pub fn start_cpu(url: &str) -> Component {
-    let config = jetjobs_processor_cpu::Config::parse_from([
-        "jetjobs-processor-cpu",
-        "--nats-url",
-        url,
-        "--concurrency",
-        "2",
-        "--retry-base-ms",
-        "50",
-        "--shutdown-grace-secs",
-        "2",
-    ]);
-    Component::spawn("processor-cpu", move |shutdown| {
-        jetjobs_processor_cpu::run(config, shutdown)
-    })
-}
-
-/// The gateway, in-process on a port of its own; returns it and its base URL.
-pub async fn start_gateway(config: jetjobs_gateway::Config) -> (Component, String) {
-    // The gateway's own bind (listen backlog included), as in production.
-    let listener = jetjobs_gateway::serve::bind(([127, 0, 0, 1], 0).into()).expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let gateway = Component::spawn("gateway", move |shutdown| {
-        jetjobs_gateway::run(config, Some(listener), shutdown)
-    });
-    (gateway, base)
-}
-
-/// Waits until the processors have registered `kinds`.
-pub async fn wait_for_kinds(js: &jetstream::Context, kinds: &[&str]) {
-    let bucket = js
-        .get_key_value(layout::KINDS_BUCKET)
-        .await
-        .expect("job_kinds");
-    eventually(Duration::from_secs(20), || async {
-        for kind in kinds {
-            bucket.get(*kind).await.ok().flatten()?;
-        }
-        Some(())
-    })
-    .await
-    .expect("processors registered their kinds");
-}
-
-pub use jetjobs::testing::eventually;
+pub use jetjobs_e2e::system::{
+    Options, Services, eventually, problem, start_processor_cpu, wait_for_kinds,
+};
 
 /// An HTTP client that gives up on a pooled connection before the gateway's header
 /// timeout closes it, as a well-behaved client of a server with idle timeouts does.
@@ -109,44 +23,6 @@ pub fn http_client() -> reqwest::Client {
         .timeout(Duration::from_secs(20))
         .build()
         .expect("HTTP client")
-}
-
-/// Checks that `response` is problem+json with `status` (and `Retry-After` for a 503);
-/// returns the problem, or why it is not one.
-pub async fn problem(response: reqwest::Response, status: StatusCode) -> Result<Value, String> {
-    if response.status() != status {
-        let got = response.status();
-        let body = response.text().await.unwrap_or_default();
-        return Err(format!("expected {status}, got {got}: {body}"));
-    }
-    let header = |name: &str| {
-        response
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    if header("content-type").as_deref() != Some("application/problem+json") {
-        return Err(format!("content-type {:?}", header("content-type")));
-    }
-    if status == StatusCode::SERVICE_UNAVAILABLE
-        && header("retry-after")
-            .and_then(|v| v.parse::<u64>().ok())
-            .is_none()
-    {
-        return Err("a 503 without a Retry-After in seconds".to_string());
-    }
-    let problem: Value = response
-        .json()
-        .await
-        .map_err(|e| format!("problem body: {e}"))?;
-    if problem["status"] != status.as_u16() {
-        return Err(format!("problem status: {problem}"));
-    }
-    if problem["detail"].as_str().is_none_or(|d| d.len() <= 10) {
-        return Err(format!("no human-readable detail: {problem}"));
-    }
-    Ok(problem)
 }
 
 pub fn is_terminal(state: &str) -> bool {

@@ -2,9 +2,8 @@
 //! against a real nats-server, with spans going to an in-memory exporter and log lines
 //! to a buffer. Its own test binary, because the subscriber it installs is global.
 
-#[path = "../it/helpers.rs"]
-#[allow(dead_code)]
-mod helpers;
+// The one system builder, shared with every suite.
+use jetjobs_e2e::system as helpers;
 
 mod export;
 

@@ -3,9 +3,7 @@
 mod crash;
 mod delivery;
 mod harness;
-// The one in-process system builder, shared with the `it` and `tracing` suites.
-#[path = "../it/helpers.rs"]
-#[allow(dead_code, unused_imports)]
-mod helpers;
+// The one system builder, shared with every suite.
+use jetjobs_e2e::system as helpers;
 mod ssrf;
 mod tls;
