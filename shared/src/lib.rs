@@ -8,12 +8,14 @@
 //!   publishes (one fenced-write protocol for processors and the gateway).
 //! - [`batch`]: group commit — atomic batch publish (ADR-50) and a publisher that
 //!   gathers concurrent writes into batches.
+//! - [`blobs`]: uploads and large results in Object Store `job_blobs` (claim-check).
 //! - [`processor`]: the runtime every processor service is built on.
 //! - [`metrics`]: Prometheus metrics and the admin server that serves them.
 //! - [`config`], [`telemetry`], [`shutdown`], [`trace_context`]: service plumbing.
 //! - `testing` (feature `testing`): a real nats-server for tests.
 
 pub mod batch;
+pub mod blobs;
 pub mod config;
 pub mod fence;
 pub mod job;

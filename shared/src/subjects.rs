@@ -66,6 +66,13 @@ pub fn dead_undecodable(kind: &Kind) -> String {
 }
 pub const DEAD_ALL: &str = "jobs.dead.>";
 
+/// `jobs.index.<kind>.<id>`: a job's entry in `JOBS_INDEX`, written once when it is
+/// created (`{"id", "kind", "created_at"}`); listing pages over them newest first.
+pub fn index(kind: &Kind, id: JobId) -> String {
+    format!("jobs.index.{kind}.{id}")
+}
+pub const INDEX_ALL: &str = "jobs.index.>";
+
 /// `jobs.cancel.<kind>.<id>`: plain NATS (no stream). After a job's `cancelled` event is
 /// stored, the gateway tells the processors here, so a running handler stops at once.
 /// Losing this message costs only time: the job's outcome can no longer be recorded.

@@ -28,6 +28,8 @@ pub fn requirements() -> Vec<Requirement> {
         Requirement::Stream(layout::JOBS_STREAM),
         Requirement::Stream(layout::EVENTS_STREAM),
         Requirement::Stream(layout::DEAD_STREAM),
+        Requirement::Stream(layout::INDEX_STREAM),
+        Requirement::Stream(layout::BLOBS_STREAM),
         Requirement::Bucket(layout::STATUS_BUCKET),
         Requirement::Bucket(layout::KINDS_BUCKET),
         Requirement::Bucket(layout::IDEMPOTENCY_BUCKET),

@@ -4,6 +4,7 @@
 //! once; it reads job status from KV `job_status`, which the status service keeps up to
 //! date. It never calls another service: everything goes through NATS.
 
+mod blobs;
 mod control;
 pub mod error;
 mod extract;
@@ -95,6 +96,13 @@ pub struct Config {
     #[arg(long, env = "JETJOBS_GROUP_COMMIT_MIN", default_value_t = 5,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..=1000))]
     pub group_commit_min: usize,
+    /// Largest blob accepted (`POST /v1/blobs`, a multipart submit's file), decoded size.
+    #[arg(long, env = "JETJOBS_MAX_BLOB_BYTES", default_value_t = 1 << 30)]
+    pub max_blob_bytes: u64,
+    /// An upload no job references is deleted after this many seconds.
+    #[arg(long, env = "JETJOBS_BLOB_TTL_SECS", default_value_t = 86_400,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub blob_ttl_secs: u64,
 }
 
 impl Config {
@@ -113,6 +121,8 @@ impl Config {
             webhook_allow: jetjobs::webhook::AddressPolicy::default(),
             group_commit: false,
             group_commit_min: 5,
+            max_blob_bytes: 1 << 30,
+            blob_ttl_secs: 86_400,
         }
     }
 
@@ -167,6 +177,9 @@ pub struct Shared {
     webhook_allow: jetjobs::webhook::AddressPolicy,
     /// Group commit of job messages (`JOBS`) and first snapshots (`job_status`).
     writers: std::sync::Arc<Writers>,
+    /// Object Store `job_blobs`: uploads, and results stored by reference.
+    blobs: jetjobs::blobs::Blobs,
+    blob_limits: blobs::BlobLimits,
 }
 
 struct Writers {
@@ -193,9 +206,17 @@ pub fn router(state: AppState, config: &Config) -> Router {
         .route("/v1/jobs/{id}/events", get(sse::job_events))
         .route("/v1/events", get(sse::all_events))
         .route("/v1/ws", get(ws::upgrade));
+    // Uploads and downloads take as long as their bytes do: outside the request timeout,
+    // and never compressed here (a blob is whatever its uploader sent; ranges are of its
+    // bytes as stored).
+    let blobs = Router::new()
+        .route("/v1/blobs", post(blobs::upload))
+        .route("/v1/blobs/{id}", get(blobs::download));
     // `route_layer`: an unknown /v1 path is still a 404, whatever the connection.
     let v1 = timed
         .merge(streaming)
+        .layer(compression())
+        .merge(blobs)
         .route_layer(middleware::from_fn_with_state(
             state.client.clone(),
             nats_guard::require_nats,
@@ -212,6 +233,9 @@ pub fn router(state: AppState, config: &Config) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        // `Content-Encoding: gzip | zstd` request bodies, decoded as they are read: the
+        // size limits count decoded bytes, so a compression bomb is a 413.
+        .layer(tower_http::decompression::RequestDecompressionLayer::new())
         // A `Router::layer`, so it runs for every route and sees its matched template.
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -224,6 +248,29 @@ pub fn router(state: AppState, config: &Config) -> Router {
                 .on_response(telemetry::on_response),
         )
         .with_state(state)
+}
+
+/// Responses of the JSON endpoints, compressed when the client asks (`Accept-Encoding`:
+/// gzip, br, zstd). SSE, WebSocket and blob bodies are left alone.
+fn compression()
+-> tower_http::compression::CompressionLayer<impl tower_http::compression::Predicate> {
+    use tower_http::compression::predicate::{Predicate as _, SizeAbove};
+    let json = |_: axum::http::StatusCode,
+                _: axum::http::Version,
+                headers: &axum::http::HeaderMap,
+                _: &axum::http::Extensions| {
+        headers
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or_default().trim())
+            .is_some_and(|essence| {
+                matches!(
+                    essence,
+                    "application/json" | "application/problem+json" | "application/x-ndjson"
+                )
+            })
+    };
+    tower_http::compression::CompressionLayer::new().compress_when(SizeAbove::new(256).and(json))
 }
 
 /// Serves the API until `shutdown`, then finishes in-flight requests and returns.
@@ -305,11 +352,19 @@ pub async fn run(
                 shutdown.clone(),
             ),
         }),
+        blobs: jetjobs::blobs::Blobs::open(&js)
+            .await
+            .context("opening Object Store job_blobs")?,
+        blob_limits: blobs::BlobLimits {
+            max_bytes: config.max_blob_bytes,
+            ttl: Duration::from_secs(config.blob_ttl_secs),
+        },
         client: client.clone(),
         js,
         push,
         webhook_allow: config.webhook_allow.clone(),
     }));
+    tokio::spawn(blobs::sweep_forever(state.clone(), shutdown.clone()));
     let app = router(state, &config);
     let listener = match listener {
         Some(listener) => listener,

@@ -42,6 +42,12 @@ pub const STATUS_BUCKET: &str = "job_status";
 pub const KINDS_BUCKET: &str = "job_kinds";
 /// Claims on job ids and `Idempotency-Key`s: the arbiter for "the same request makes one job".
 pub const IDEMPOTENCY_BUCKET: &str = "job_idempotency";
+/// Object Store bucket of uploads and large results (claim-check: messages carry an id).
+pub const BLOBS_BUCKET: &str = "job_blobs";
+/// The stream behind `job_blobs`.
+pub const BLOBS_STREAM: &str = "OBJ_job_blobs";
+/// One small message per job, in creation order: what `GET /v1/jobs` pages over.
+pub const INDEX_STREAM: &str = "JOBS_INDEX";
 pub const STATUS_CONSUMER: &str = "status-projector";
 pub const NOTIFIER_CONSUMER: &str = "notifier";
 
@@ -84,6 +90,10 @@ pub struct Layout {
     /// `job_idempotency` size. Full, it refuses new claims (the gateway answers 503 before
     /// anything is queued); a claim is about 300 bytes.
     pub idempotency_max_bytes: i64,
+    /// `job_blobs` size (uploads and results stored by reference).
+    pub blobs_max_bytes: i64,
+    /// `JOBS_INDEX` size; an entry is about 150 bytes.
+    pub index_max_bytes: i64,
     /// Processor consumers: how long a delivered job may go without an ack or heartbeat.
     pub ack_wait: Duration,
     pub max_ack_pending: i64,
@@ -119,6 +129,8 @@ impl Default for Layout {
             status_history: 5,
             idempotency_ttl: DEFAULT_RETENTION,
             idempotency_max_bytes: GIB,
+            blobs_max_bytes: 16 * GIB,
+            index_max_bytes: GIB,
             ack_wait: Duration::from_secs(30),
             max_ack_pending: 10_000,
             // Projecting an event takes milliseconds; what this bounds is how long an
@@ -231,6 +243,63 @@ impl Layout {
             allow_direct: true,
             duplicate_window: self.duplicate_window,
             metadata: owner("processors publish dead letters"),
+            ..Default::default()
+        }
+    }
+
+    /// `JOBS_INDEX`: `jobs.index.<kind>.<id>`, one entry per job written by the gateway
+    /// before the job is queued. Listing reads it newest first by stream sequence (the
+    /// cursor), with direct-get batches: O(page) reads however many jobs there are, which
+    /// KV key listing cannot give (no order, no range scan).
+    pub fn index_stream(&self) -> stream::Config {
+        stream::Config {
+            name: INDEX_STREAM.into(),
+            description: Some("jetjobs jobs in creation order, for listing".into()),
+            subjects: vec![subjects::INDEX_ALL.into()],
+            retention: RetentionPolicy::Limits,
+            storage: self.storage,
+            num_replicas: self.replicas,
+            max_age: self.retention,
+            max_messages: -1,
+            max_bytes: self.index_max_bytes,
+            // Full, it refuses the entry and so the job (503): a job that got its 202 is
+            // always listed.
+            discard: DiscardPolicy::New,
+            allow_direct: true,
+            duplicate_window: self.duplicate_window,
+            metadata: owner("gateway writes, gateway lists"),
+            ..Default::default()
+        }
+    }
+
+    /// The stream of Object Store bucket `job_blobs`, as async-nats creates it (so
+    /// `nats object` reads it), with jetjobs' limits. Blobs outlive the snapshots of the
+    /// jobs that use them by a day; the gateway deletes earlier the ones no job
+    /// references ([`crate::blobs`]).
+    pub fn blobs_stream(&self) -> stream::Config {
+        let max_age = if self.retention.is_zero() {
+            Duration::ZERO
+        } else {
+            self.retention + Duration::from_secs(24 * 3600)
+        };
+        stream::Config {
+            name: BLOBS_STREAM.into(),
+            description: Some("jetjobs uploads and large results (Object Store job_blobs)".into()),
+            subjects: vec![
+                format!("$O.{BLOBS_BUCKET}.C.>"),
+                format!("$O.{BLOBS_BUCKET}.M.>"),
+            ],
+            retention: RetentionPolicy::Limits,
+            storage: self.storage,
+            num_replicas: self.replicas,
+            max_age,
+            max_messages: -1,
+            max_bytes: self.blobs_max_bytes,
+            discard: DiscardPolicy::New,
+            allow_rollup: true,
+            allow_direct: true,
+            duplicate_window: self.duplicate_window,
+            metadata: owner("gateway and processors write, gateway serves"),
             ..Default::default()
         }
     }
@@ -377,6 +446,8 @@ mod tests {
             layout.jobs_stream(),
             layout.events_stream(),
             layout.dead_stream(),
+            layout.index_stream(),
+            layout.blobs_stream(),
         ] {
             assert_eq!(stream.discard, DiscardPolicy::New, "{}", stream.name);
             assert!(stream.max_bytes > 0, "{} is unbounded", stream.name);

@@ -148,6 +148,8 @@ pub async fn provision(
         layout.jobs_stream(),
         layout.events_stream(),
         layout.dead_stream(),
+        layout.index_stream(),
+        layout.blobs_stream(),
     ] {
         ensure_stream(js, config, &mut report).await?;
     }

@@ -27,8 +27,9 @@ async fn provisioning_is_idempotent_and_describes_what_it_made() {
 
     let first = layout::provision(&js, &layout()).await.expect("provision");
     assert!(first.updated.is_empty() && first.unchanged.is_empty());
-    // Streams, buckets, and the processor, status and notifier consumers.
-    assert_eq!(first.created.len(), 3 + 3 + 3, "{first}");
+    // Streams (jobs, events, dead letters, index, blobs), buckets, and the processor,
+    // status and notifier consumers.
+    assert_eq!(first.created.len(), 5 + 3 + 3, "{first}");
 
     let again = layout::provision(&js, &layout())
         .await

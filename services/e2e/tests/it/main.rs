@@ -4,6 +4,7 @@
 mod helpers;
 
 mod backpressure;
+mod blobs;
 mod crash;
 mod errors;
 mod group_commit;
