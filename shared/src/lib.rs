@@ -9,6 +9,7 @@
 //! - [`batch`]: group commit — atomic batch publish (ADR-50) and a publisher that
 //!   gathers concurrent writes into batches.
 //! - [`blobs`]: uploads and large results in Object Store `job_blobs` (claim-check).
+//! - [`direct`]: batched direct gets (runs of sequences, the last of many subjects).
 //! - [`processor`]: the runtime every processor service is built on.
 //! - [`metrics`]: Prometheus metrics and the admin server that serves them.
 //! - [`config`], [`telemetry`], [`shutdown`], [`trace_context`]: service plumbing.
@@ -17,6 +18,7 @@
 pub mod batch;
 pub mod blobs;
 pub mod config;
+pub mod direct;
 pub mod fence;
 pub mod job;
 pub mod kinds;

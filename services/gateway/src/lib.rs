@@ -11,6 +11,7 @@ mod extract;
 mod health;
 mod jobs;
 mod kinds;
+mod list;
 mod metrics;
 mod nats_guard;
 pub mod serve;
@@ -167,6 +168,8 @@ pub struct Shared {
     kinds: kinds::KindCache,
     /// `JOB_EVENTS`, read (direct get) to see a job's last event.
     events: jetstream::stream::Stream,
+    /// `JOBS_INDEX`, what listing pages over.
+    index: jetstream::stream::Stream,
     /// `JOBS_DEAD`, read to retry a failed job.
     dead: jetstream::stream::Stream,
     /// Waiting and streaming: the `job_status` watch hub and its limits.
@@ -190,7 +193,7 @@ struct Writers {
 pub fn router(state: AppState, config: &Config) -> Router {
     // Request/response routes: each request must be answered within the request timeout.
     let timed = Router::new()
-        .route("/v1/jobs", post(jobs::create))
+        .route("/v1/jobs", post(jobs::create).get(list::list))
         .route(
             "/v1/jobs/{id}",
             get(jobs::get).put(jobs::put).delete(control::cancel),
@@ -334,6 +337,10 @@ pub async fn run(
             .get_stream(layout::EVENTS_STREAM)
             .await
             .context("opening stream JOB_EVENTS")?,
+        index: js
+            .get_stream(layout::INDEX_STREAM)
+            .await
+            .context("opening stream JOBS_INDEX")?,
         dead: js
             .get_stream(layout::DEAD_STREAM)
             .await

@@ -198,7 +198,10 @@ pub async fn submit(
         callback_url: body.callback_url,
         callback_events: body.callback_events,
     };
-    if let Err(failure) = publish(state, &request).await {
+    // The listing entry and the job go out together; the entry is written once per job
+    // (create-only on its subject), so a repeat never lists a job twice.
+    let (indexed, published) = tokio::join!(write_index(state, &request), publish(state, &request));
+    if let Err(failure) = published {
         // Free the id/key only when the server certainly stored nothing. After a timeout
         // the job may be queued: the claim must stay, so the client's retry with the same
         // id/key finds this job instead of making a second one.
@@ -209,6 +212,13 @@ pub async fn submit(
             return Err(failure.error);
         }
         return Err(uncertain(state, &request, fresh, &fingerprint, failure.error).await);
+    }
+    if let Err(e) = indexed {
+        // The job is queued; only its listing entry is missing. Tried once more before
+        // the answer, then left (it is still readable by id).
+        if let Err(again) = write_index(state, &request).await {
+            tracing::warn!(job_id = %request.id, error = %e, again = %again, "A queued job could not be indexed for listing.");
+        }
     }
     failpoint("submit-after-publish");
     let snapshot = write_first_snapshot(state, &request).await?;
@@ -461,6 +471,41 @@ pub(crate) async fn publish_as(
             ),
             nothing_stored: false,
         }),
+    }
+}
+
+/// A job's entry in `JOBS_INDEX`: what listing reads before the snapshots.
+#[derive(Serialize, Deserialize)]
+pub struct IndexEntry {
+    pub id: JobId,
+    pub kind: Kind,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Writes the job's listing entry, once: create-only on its own subject (a repeat of
+/// the submission, even after the duplicate window, finds it there).
+async fn write_index(state: &AppState, request: &JobRequest) -> Result<(), String> {
+    let entry = IndexEntry {
+        id: request.id,
+        kind: request.kind.clone(),
+        created_at: request.created_at,
+    };
+    let payload = serde_json::to_vec(&entry).map_err(|e| e.to_string())?;
+    let mut headers = HeaderMap::new();
+    headers.insert(jetjobs::subjects::headers::EXPECTED_LAST_SUBJECT_SEQ, "0");
+    let outgoing = jetjobs::protocol::Outgoing {
+        subject: jetjobs::subjects::index(&request.kind, request.id),
+        headers,
+        payload: payload.into(),
+    };
+    use jetjobs::protocol::Published;
+    // Not through group commit: a batch is of one stream.
+    match jetjobs::protocol::publish(&state.js, outgoing, jetjobs::protocol::Retries::REQUEST).await
+    {
+        Published::Stored(_) | Published::WrongLastSequence | Published::SubjectFull => Ok(()),
+        Published::StoreFull => Err("JOBS_INDEX is full".to_string()),
+        Published::TooLarge => Err("the entry is too large".to_string()),
+        Published::NotConfirmed => Err("JetStream did not confirm the entry".to_string()),
     }
 }
 
