@@ -146,6 +146,12 @@ impl Blobs {
     {
         let nuid = uuid::Uuid::now_v7().simple().to_string();
         let chunks_subject = format!("$O.{BLOBS_BUCKET}.C.{nuid}");
+        // A blob written again (a job's result, by a rerun) replaces the old one, whose
+        // chunks go once the new description is stored.
+        let previous = match self.store.info(id).await {
+            Ok(info) if !info.deleted => Some(info.nuid),
+            _ => None,
+        };
         let result = match self.write_chunks(&chunks_subject, body, limit).await {
             Ok((size, chunks, sha256)) => {
                 let info = BlobInfo {
@@ -160,6 +166,12 @@ impl Blobs {
             }
             Err(e) => Err(e),
         };
+        if result.is_ok()
+            && let Some(old) = previous
+            && let Err(e) = self.purge(&format!("$O.{BLOBS_BUCKET}.C.{old}")).await
+        {
+            tracing::warn!(error = %e, blob = id, "Could not purge a replaced blob's chunks; max_age will.");
+        }
         if result.is_err() {
             // Nothing half-stored: the chunks of a refused upload go at once.
             if let Err(e) = self.purge(&chunks_subject).await {

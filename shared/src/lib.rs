@@ -37,4 +37,4 @@ pub mod webhook;
 pub mod testing;
 
 pub use job::{JobId, JobRequest, Kind, Progress};
-pub use state::{Change, JobEvent, JobSnapshot, JobState};
+pub use state::{Change, JobEvent, JobSnapshot, JobState, ResultRef};

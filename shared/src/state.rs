@@ -79,6 +79,10 @@ pub struct JobSnapshot {
     pub updated_at: DateTime<Utc>,
     pub progress: Option<Progress>,
     pub result: Option<Value>,
+    /// Where a result too large to keep inline is (then `result` is null); read it whole
+    /// at `GET /v1/jobs/{id}/result`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_ref: Option<ResultRef>,
     /// The last error: why the job failed, is retrying, or was cancelled.
     pub error: Option<String>,
     /// Every failed attempt's error, by attempt (the last [`MAX_ERRORS_KEPT`]), whatever
@@ -93,6 +97,15 @@ pub struct JobSnapshot {
     /// is due).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<WebhookStatus>,
+}
+
+/// A result stored in Object Store `job_blobs` instead of inline (claim-check).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultRef {
+    /// The blob's id.
+    pub blob: String,
+    pub size: u64,
+    pub content_type: String,
 }
 
 /// One failed attempt, kept so that a failed job explains every failure, not only the last.
@@ -144,6 +157,7 @@ impl JobSnapshot {
             updated_at: created_at,
             progress: None,
             result: None,
+            result_ref: None,
             error: None,
             errors: Vec::new(),
             callback_url: None,
@@ -194,6 +208,9 @@ pub enum Change {
     },
     Succeeded {
         result: Value,
+        /// Set when the result is stored in `job_blobs` (then `result` is null).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result_ref: Option<ResultRef>,
     },
     Failed {
         error: String,
@@ -494,12 +511,16 @@ fn advance(current: Option<&JobSnapshot>, event: &JobEvent) -> Result<JobSnapsho
             next.error = Some(error.clone());
             record_error(&mut next, event);
         }
-        Change::Succeeded { result } => {
+        Change::Succeeded { result, result_ref } => {
             next.result = Some(result.clone());
+            next.result_ref = result_ref.clone();
             next.error = None;
         }
         Change::Cancelled { reason } => next.error = Some(reason.clone()),
-        Change::Requeued => next.result = None,
+        Change::Requeued => {
+            next.result = None;
+            next.result_ref = None;
+        }
         Change::Webhook(_) => {}
     }
     Ok(next)
@@ -551,6 +572,7 @@ mod tests {
     fn succeeded() -> Change {
         Change::Succeeded {
             result: json!({"ok": true}),
+            result_ref: None,
         }
     }
 

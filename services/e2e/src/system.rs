@@ -48,6 +48,8 @@ pub struct Options {
     /// The gateway accepts callbacks to loopback receivers even without an in-process
     /// notifier (scenarios that run the notifier binary).
     pub loopback_callbacks: bool,
+    /// Processors store results larger than this by reference (`job_blobs`).
+    pub inline_result_max_bytes: usize,
     /// Changes to the provisioned layout (store limits) before provisioning.
     pub layout: fn(&mut Layout),
     /// Changes to the gateway's configuration (timeouts, limits) before it starts.
@@ -110,6 +112,7 @@ impl Default for Options {
             notifier: NotifierOptions::default(),
             notifier_ack_wait: Layout::default().notifier_ack_wait,
             loopback_callbacks: false,
+            inline_result_max_bytes: 64 * 1024,
             layout: |_| {},
             gateway: |_| {},
         }
@@ -165,12 +168,13 @@ impl Services {
         let js = provision(url, &options).await;
         let gc = options.group_commit;
         let status = options.run_status.then(|| start_status_with(url, gc));
+        let inline = options.inline_result_max_bytes;
         let io = options
             .run_io
-            .then(|| start_processor_io(url, options.io_concurrency, gc));
+            .then(|| processor_io(url, options.io_concurrency, gc, inline));
         let cpu = options
             .run_cpu
-            .then(|| start_processor_cpu(url, options.cpu_concurrency, gc));
+            .then(|| processor_cpu(url, options.cpu_concurrency, gc, inline));
         let mut notifier_admin = None;
         let notifier = options.run_notifier.then(|| {
             let mut config = notifier_config(url, &options.notifier);
@@ -402,9 +406,12 @@ fn processor_args<'a>(
     url: &'a str,
     concurrency: &'a str,
     group_commit: bool,
-) -> [&'a str; 11] {
+    inline_result_max_bytes: &'a str,
+) -> [&'a str; 13] {
     [
         name,
+        "--inline-result-max-bytes",
+        inline_result_max_bytes,
         "--nats-url",
         url,
         "--concurrency",
@@ -419,12 +426,18 @@ fn processor_args<'a>(
 }
 
 pub fn start_processor_io(url: &str, concurrency: usize, group_commit: bool) -> Component {
+    processor_io(url, concurrency, group_commit, 64 * 1024)
+}
+
+fn processor_io(url: &str, concurrency: usize, group_commit: bool, inline: usize) -> Component {
     let concurrency = concurrency.to_string();
+    let inline = inline.to_string();
     let config = jetjobs_processor_io::Config::parse_from(processor_args(
         "jetjobs-processor-io",
         url,
         &concurrency,
         group_commit,
+        &inline,
     ));
     Component::spawn("processor-io", move |shutdown| {
         jetjobs_processor_io::run(config, shutdown)
@@ -432,12 +445,18 @@ pub fn start_processor_io(url: &str, concurrency: usize, group_commit: bool) -> 
 }
 
 pub fn start_processor_cpu(url: &str, concurrency: usize, group_commit: bool) -> Component {
+    processor_cpu(url, concurrency, group_commit, 64 * 1024)
+}
+
+fn processor_cpu(url: &str, concurrency: usize, group_commit: bool, inline: usize) -> Component {
     let concurrency = concurrency.to_string();
+    let inline = inline.to_string();
     let config = jetjobs_processor_cpu::Config::parse_from(processor_args(
         "jetjobs-processor-cpu",
         url,
         &concurrency,
         group_commit,
+        &inline,
     ));
     Component::spawn("processor-cpu", move |shutdown| {
         jetjobs_processor_cpu::run(config, shutdown)

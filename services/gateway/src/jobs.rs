@@ -363,3 +363,60 @@ pub fn json_response(status: StatusCode, body: Bytes) -> Response {
     )
         .into_response()
 }
+
+/// `GET /v1/jobs/{id}/result`: the result document of a succeeded job, whether it is kept
+/// inline in the snapshot or stored in `job_blobs` (streamed from there).
+pub async fn result(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let snapshot = crate::submit::read_snapshot(&state, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no job {id}")))?;
+    let snapshot: jetjobs::JobSnapshot = serde_json::from_slice(&snapshot)
+        .map_err(|e| ApiError::internal(format!("the stored snapshot is unreadable: {e}")))?;
+    if snapshot.state != jetjobs::JobState::Succeeded {
+        return Err(ApiError::conflict(format!(
+            "job {id} is {}: only a succeeded job has a result",
+            snapshot.state
+        ))
+        .with("state", serde_json::json!(snapshot.state)));
+    }
+    let json = [(axum::http::header::CONTENT_TYPE, "application/json")];
+    match snapshot.result_ref {
+        None => {
+            let body = serde_json::to_vec(&snapshot.result.unwrap_or(serde_json::Value::Null))
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            Ok((StatusCode::OK, json, body).into_response())
+        }
+        Some(reference) => {
+            let reader = state
+                .blobs
+                .reader(&reference.blob)
+                .await
+                .map_err(|e| match e {
+                    jetjobs::blobs::BlobError::NotFound(_) => ApiError::new(
+                        StatusCode::GONE,
+                        "result-gone",
+                        format!(
+                            "job {id}'s result (blob {}) is no longer stored",
+                            reference.blob
+                        ),
+                    ),
+                    other => other.into(),
+                })?;
+            let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+                reader,
+                64 * 1024,
+            ));
+            let mut response = (StatusCode::OK, json, body).into_response();
+            if let Ok(length) = axum::http::HeaderValue::from_str(&reference.size.to_string()) {
+                response
+                    .headers_mut()
+                    .insert(axum::http::header::CONTENT_LENGTH, length);
+            }
+            Ok(response)
+        }
+    }
+}

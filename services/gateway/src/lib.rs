@@ -199,6 +199,7 @@ pub fn router(state: AppState, config: &Config) -> Router {
             get(jobs::get).put(jobs::put).delete(control::cancel),
         )
         .route("/v1/jobs/{id}/retry", post(control::retry))
+        .route("/v1/jobs/{id}/result", get(jobs::result))
         .route_layer(middleware::from_fn_with_state(
             Duration::from_secs(config.request_timeout_secs),
             serve::request_timeout,

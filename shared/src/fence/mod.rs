@@ -179,6 +179,7 @@ mod tests {
             1,
             Change::Succeeded {
                 result: serde_json::json!({}),
+                result_ref: None,
             },
         );
         assert_eq!(
@@ -234,6 +235,7 @@ mod tests {
             1,
             Change::Succeeded {
                 result: serde_json::json!(1),
+                result_ref: None,
             },
         );
         assert_eq!(on_conflict(&mine, Some((5, &mine))), Conflict::Recorded(5));

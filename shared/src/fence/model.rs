@@ -298,6 +298,7 @@ impl World {
         let change = match outcome {
             Outcome::Succeed => Change::Succeeded {
                 result: serde_json::json!(attempt),
+                result_ref: None,
             },
             Outcome::Retry => Change::Retrying {
                 error: "again".into(),

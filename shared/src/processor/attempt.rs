@@ -235,6 +235,7 @@ impl Runtime {
                 Arc::new(progress_tx),
                 cancel.clone(),
                 blocking.clone(),
+                self.blobs.clone(),
             );
             let run = AssertUnwindSafe(handler.call(payload, ctx)).catch_unwind();
             let ended = tokio::select! {
@@ -337,9 +338,18 @@ impl Runtime {
     ) {
         let request = Arc::clone(&delivery.request);
         let attempt = fence.attempt;
+        // A large result goes to job_blobs first; if it cannot be stored, the run is
+        // lost (retried), not the job.
+        let outcome = match outcome {
+            Ok(result) => self
+                .by_reference(&request, result)
+                .await
+                .map_err(JobError::Retryable),
+            Err(e) => Err(e),
+        };
         match outcome {
-            Ok(result) => {
-                let event = JobEvent::new(&request, attempt, Change::Succeeded { result });
+            Ok(change) => {
+                let event = JobEvent::new(&request, attempt, change);
                 match self.write(delivery, fence, &event).await {
                     Fenced::Recorded => {
                         self.metrics
@@ -387,6 +397,54 @@ impl Runtime {
                 self.fail(delivery, fence, error).await;
             }
         }
+    }
+
+    /// The `succeeded` change for `result`: inline, or, when its JSON is larger than
+    /// `inline_result_max_bytes`, stored in `job_blobs` under the job's id (a rerun
+    /// replaces it) and referenced.
+    async fn by_reference(
+        &self,
+        request: &JobRequest,
+        result: serde_json::Value,
+    ) -> Result<Change, String> {
+        let limit = self.config.inline_result_max_bytes;
+        // Measured without building the encoding for small results: serde_json's writer
+        // into a counting sink.
+        let size = json_size(&result);
+        if size <= limit {
+            return Ok(Change::Succeeded {
+                result,
+                result_ref: None,
+            });
+        }
+        let id = request.id.to_string();
+        let encoded = if size >= 64 * 1024 {
+            tokio::task::spawn_blocking(move || serde_json::to_vec(&result))
+                .await
+                .map_err(|e| e.to_string())?
+        } else {
+            serde_json::to_vec(&result)
+        }
+        .map_err(|e| format!("encoding the result: {e}"))?;
+        let body = futures::stream::iter(
+            encoded
+                .chunks(128 * 1024)
+                .map(|c| Ok::<_, std::convert::Infallible>(bytes::Bytes::copy_from_slice(c)))
+                .collect::<Vec<_>>(),
+        );
+        let info = self
+            .blobs
+            .put(&id, "application/json", Some(&id), body, u64::MAX)
+            .await
+            .map_err(|e| format!("storing the result in job_blobs: {e}"))?;
+        Ok(Change::Succeeded {
+            result: serde_json::Value::Null,
+            result_ref: Some(crate::ResultRef {
+                blob: info.id,
+                size: info.size,
+                content_type: info.content_type,
+            }),
+        })
     }
 
     async fn write(&self, delivery: &Delivery, fence: &mut Fence, event: &JobEvent) -> Fenced {
@@ -479,4 +537,21 @@ impl Runtime {
             self.ack(&delivery.message).await;
         }
     }
+}
+
+/// The length of `value`'s JSON encoding, without keeping the encoding.
+fn json_size(value: &serde_json::Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }

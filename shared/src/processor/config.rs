@@ -44,6 +44,10 @@ pub struct RuntimeConfig {
     /// Fewer waiting events than this are published one by one.
     #[arg(long, env = "JETJOBS_GROUP_COMMIT_MIN", default_value_t = 5)]
     pub group_commit_min: usize,
+    /// A result whose JSON is larger than this many bytes is stored in `job_blobs` and
+    /// referenced from the job (`result_ref`) instead of travelling in the event.
+    #[arg(long, env = "JETJOBS_INLINE_RESULT_MAX_BYTES", default_value_t = 64 * 1024)]
+    pub inline_result_max_bytes: usize,
     #[command(flatten)]
     pub admin: crate::metrics::AdminArgs,
 }
@@ -61,6 +65,7 @@ impl Default for RuntimeConfig {
             shutdown_grace_secs: 20,
             group_commit: false,
             group_commit_min: 5,
+            inline_result_max_bytes: 64 * 1024,
             admin: crate::metrics::AdminArgs::default(),
         }
     }

@@ -162,6 +162,7 @@ pub struct JobContext {
     cancel: CancellationToken,
     /// CPU work started by this job; the runtime waits for it before freeing the slot.
     blocking: TaskTracker,
+    blobs: crate::blobs::Blobs,
 }
 
 impl JobContext {
@@ -171,6 +172,7 @@ impl JobContext {
         progress: Arc<watch::Sender<Option<Progress>>>,
         cancel: CancellationToken,
         blocking: TaskTracker,
+        blobs: crate::blobs::Blobs,
     ) -> Self {
         Self {
             request,
@@ -178,6 +180,33 @@ impl JobContext {
             progress,
             cancel,
             blocking,
+            blobs,
+        }
+    }
+
+    /// Blob `id` of `job_blobs` (an upload the job names) as an `AsyncRead`, read chunk
+    /// by chunk: a 1 GiB blob never sits in memory. A blob that does not exist (or has
+    /// expired) is a permanent error.
+    pub async fn blob(
+        &self,
+        id: &str,
+    ) -> Result<impl tokio::io::AsyncRead + Unpin + Send + 'static, JobError> {
+        self.blobs.reader(id).await.map_err(|e| match e {
+            crate::blobs::BlobError::NotFound(_) => {
+                JobError::Permanent(format!("blob {id} does not exist (or has expired)"))
+            }
+            other => JobError::Retryable(format!("reading blob {id}: {other}")),
+        })
+    }
+
+    /// Blob `id`'s description (size, content type), or a permanent error if it is gone.
+    pub async fn blob_info(&self, id: &str) -> Result<crate::blobs::BlobInfo, JobError> {
+        match self.blobs.info(id).await {
+            Ok(Some(info)) => Ok(info),
+            Ok(None) => Err(JobError::Permanent(format!(
+                "blob {id} does not exist (or has expired)"
+            ))),
+            Err(e) => Err(JobError::Retryable(format!("reading blob {id}: {e}"))),
         }
     }
 

@@ -182,6 +182,7 @@ impl Processor {
                 Requirement::Stream(layout::JOBS_STREAM),
                 Requirement::Stream(layout::EVENTS_STREAM),
                 Requirement::Stream(layout::DEAD_STREAM),
+                Requirement::Stream(layout::BLOBS_STREAM),
                 Requirement::Bucket(layout::KINDS_BUCKET),
                 Requirement::Consumer {
                     stream: layout::JOBS_STREAM,
@@ -267,6 +268,7 @@ impl Processor {
             metrics,
             events: EventLog::new(js.clone(), events).with_group_commit(group),
             dead,
+            blobs: crate::blobs::Blobs::open(&js).await.map_err(|e| nats(&e))?,
             handlers: self.handlers,
             defs,
             heartbeat,

@@ -24,6 +24,8 @@ pub(super) struct Runtime {
     pub events: EventLog,
     /// `JOBS_DEAD`, read to check that a failed job's dead letter exists.
     pub dead: jetstream::stream::Stream,
+    /// `job_blobs`: inputs handlers read, results too large to travel inline.
+    pub blobs: crate::blobs::Blobs,
     pub heartbeat: Duration,
     pub config: RuntimeConfig,
     pub cancellations: Arc<Cancellations>,

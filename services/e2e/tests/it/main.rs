@@ -17,6 +17,7 @@ mod projection;
 mod push_limits;
 mod read_your_writes;
 mod rebuild;
+mod results;
 mod saturation;
 mod sse;
 mod sse_client;

@@ -97,6 +97,7 @@ async fn shuffled_and_repeated_events_end_in_the_right_state_without_regressions
                 2,
                 Change::Succeeded {
                     result: json!({"n": 2}),
+                    result_ref: None,
                 },
             ),
         ];

@@ -15,7 +15,7 @@ use helpers::Harness;
 
 fn succeeded(change: Change) -> Value {
     match change {
-        Change::Succeeded { result } => result,
+        Change::Succeeded { result, .. } => result,
         other => panic!("expected succeeded, got {other:?}"),
     }
 }

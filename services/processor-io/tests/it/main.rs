@@ -16,7 +16,13 @@ async fn noop_succeeds_with_an_empty_object() {
     let harness = Harness::start().await;
     let event = harness.run_job("noop", json!({})).await;
     assert_eq!(event.attempt, 1);
-    assert_eq!(event.change, Change::Succeeded { result: json!({}) });
+    assert_eq!(
+        event.change,
+        Change::Succeeded {
+            result: json!({}),
+            result_ref: None
+        }
+    );
     harness.stop().await;
 }
 
@@ -27,7 +33,8 @@ async fn sleep_succeeds_with_the_time_slept() {
     assert_eq!(
         event.change,
         Change::Succeeded {
-            result: json!({"slept_ms": 30})
+            result: json!({"slept_ms": 30}),
+            result_ref: None
         }
     );
     harness.stop().await;

@@ -45,6 +45,7 @@ async fn history(setup: &Setup) -> (u64, u64) {
             1,
             Change::Succeeded {
                 result: json!({"digest": "ab"}),
+                result_ref: None,
             },
         ),
     ]);
@@ -55,7 +56,14 @@ async fn history(setup: &Setup) -> (u64, u64) {
         JobEvent::new(&flaky, 1, Change::Started),
         JobEvent::new(&flaky, 1, retrying("first")),
         JobEvent::new(&flaky, 2, Change::Started),
-        JobEvent::new(&flaky, 2, Change::Succeeded { result: json!({}) }),
+        JobEvent::new(
+            &flaky,
+            2,
+            Change::Succeeded {
+                result: json!({}),
+                result_ref: None,
+            },
+        ),
     ]);
     // Failed after three attempts, then queued again by a retry (its request waits in
     // JOBS again, with the attempts it already had).
@@ -116,7 +124,10 @@ async fn history(setup: &Setup) -> (u64, u64) {
     events.push(JobEvent::new(
         &fast,
         1,
-        Change::Succeeded { result: json!({}) },
+        Change::Succeeded {
+            result: json!({}),
+            result_ref: None,
+        },
     ));
     // Waiting: new jobs, and the retried one.
     let new = 5;

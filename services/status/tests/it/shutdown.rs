@@ -50,6 +50,7 @@ async fn a_stopped_service_hands_back_the_events_it_will_not_project() {
                     1,
                     Change::Succeeded {
                         result: json!({"ok": true}),
+                        result_ref: None,
                     },
                 ),
             ]
