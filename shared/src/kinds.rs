@@ -23,6 +23,9 @@ pub struct KindInfo {
     pub timeout_secs: u64,
     /// JSON Schema of the payload, for humans and tools.
     pub payload_schema: Value,
+    /// The payload field that takes a `job_blobs` id (uploads), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_field: Option<String>,
     pub registered_at: DateTime<Utc>,
 }
 

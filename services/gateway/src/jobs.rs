@@ -28,8 +28,16 @@ const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 pub async fn create(
     State(state): State<AppState>,
     request_headers: HeaderMap,
-    ApiJson(body, body_bytes): ApiJson<SubmitBody>,
+    request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
+    if crate::multipart::is_multipart(&request_headers) {
+        return create_with_file(state, request_headers, request).await;
+    }
+    let ApiJson(body, body_bytes) =
+        <ApiJson<SubmitBody> as axum::extract::FromRequest<AppState>>::from_request(
+            request, &state,
+        )
+        .await?;
     if body.id.is_some() {
         return Err(ApiError::bad_request(
             "`id` is chosen by the server on POST; use PUT /v1/jobs/{id} to choose it",
@@ -41,9 +49,43 @@ pub async fn create(
     };
     let waiter = Waiter::start(&state, &request_headers);
     let kind = body.kind.clone();
-    let job = submit::submit(&state, identity, body, body_bytes).await?;
+    let job = submit::submit(&state, identity, body, body_bytes, None).await?;
     count_submission(&state, &kind, &job);
     // A replayed POST answers like the original did (202), as the IETF draft suggests.
+    respond(&state, StatusCode::ACCEPTED, job, waiter).await
+}
+
+/// `POST /v1/jobs` as `multipart/form-data`: the job (part `job`) and its file (part
+/// `file`), streamed into `job_blobs` and named in the kind's upload field. Whatever
+/// fails, the file is not left behind.
+async fn create_with_file(
+    state: AppState,
+    request_headers: HeaderMap,
+    request: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    let identity = match request_headers.get(IDEMPOTENCY_KEY) {
+        None => Identity::Fresh,
+        Some(value) => Identity::IdempotencyKey(idempotency_key(value)?),
+    };
+    let (body, body_bytes, file) = crate::multipart::read(&state, request).await?;
+    let waiter = Waiter::start(&state, &request_headers);
+    let kind = body.kind.clone();
+    let upload = submit::Upload {
+        field: file.field.clone(),
+        sha256: file.blob.sha256.clone(),
+    };
+    let submitted = submit::submit(&state, identity, body, body_bytes, Some(&upload)).await;
+    let keep = match &submitted {
+        // A repeat found its job, which has the first upload's blob: this copy goes.
+        Ok(job) => !job.replayed,
+        // A 503 naming the job may mean it is queued, with this blob.
+        Err(e) => e.job_id.is_some(),
+    };
+    if !keep {
+        crate::multipart::discard(&state, &file.blob.id).await;
+    }
+    let job = submitted?;
+    count_submission(&state, &kind, &job);
     respond(&state, StatusCode::ACCEPTED, job, waiter).await
 }
 
@@ -64,7 +106,7 @@ pub async fn put(
     }
     let waiter = Waiter::start(&state, &request_headers);
     let kind = body.kind.clone();
-    let job = submit::submit(&state, Identity::ClientId(id), body, body_bytes).await?;
+    let job = submit::submit(&state, Identity::ClientId(id), body, body_bytes, None).await?;
     count_submission(&state, &kind, &job);
     // An identical repeat of a PUT changes nothing: 200 with the current snapshot.
     let status = if job.replayed {

@@ -13,6 +13,7 @@ mod jobs;
 mod kinds;
 mod list;
 mod metrics;
+mod multipart;
 mod nats_guard;
 pub mod serve;
 mod sse;
@@ -183,6 +184,8 @@ pub struct Shared {
     /// Object Store `job_blobs`: uploads, and results stored by reference.
     blobs: jetjobs::blobs::Blobs,
     blob_limits: blobs::BlobLimits,
+    /// Largest JSON body (also a multipart submit's `job` part).
+    max_body_bytes: usize,
 }
 
 struct Writers {
@@ -363,6 +366,7 @@ pub async fn run(
         blobs: jetjobs::blobs::Blobs::open(&js)
             .await
             .context("opening Object Store job_blobs")?,
+        max_body_bytes: config.max_body_bytes,
         blob_limits: blobs::BlobLimits {
             max_bytes: config.max_blob_bytes,
             ttl: Duration::from_secs(config.blob_ttl_secs),

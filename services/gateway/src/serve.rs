@@ -213,6 +213,11 @@ pub async fn request_timeout(
     request: Request,
     next: Next,
 ) -> Response {
+    // A multipart submit carries its file: it takes as long as its bytes do, like
+    // `POST /v1/blobs` (connections stay bounded by JETJOBS_MAX_CONNECTIONS).
+    if crate::multipart::is_multipart(request.headers()) {
+        return next.run(request).await;
+    }
     let body_done = Arc::new(AtomicBool::new(request.body().is_end_stream()));
     let request = request.map(|body| {
         Body::new(Watched {

@@ -77,11 +77,20 @@ struct Claim {
     created_at: chrono::DateTime<chrono::Utc>,
 }
 
+/// A file uploaded with its job (multipart): its blob id is in the payload's upload
+/// field, and the request is fingerprinted with the file's SHA-256 instead, so a retry
+/// that uploads the same file again converges on the same job.
+pub struct Upload {
+    pub field: String,
+    pub sha256: String,
+}
+
 pub async fn submit(
     state: &AppState,
     identity: Identity,
     body: SubmitBody,
     body_bytes: usize,
+    upload: Option<&Upload>,
 ) -> Result<Accepted, ApiError> {
     let registered = match state.kinds.lookup(&body.kind).await {
         Ok(Some(registered)) => registered,
@@ -111,20 +120,38 @@ pub async fn submit(
 
     // Validating and fingerprinting a large payload is milliseconds of CPU: off the
     // runtime, like its parsing.
+    let file = upload.map(|u| (u.field.clone(), format!("sha256:{}", u.sha256)));
     let (body, fingerprint, registered) = if body_bytes >= crate::extract::BLOCKING_BODY_BYTES {
         tokio::task::spawn_blocking(move || {
             check_payload(&registered, &body)?;
-            let fingerprint = fingerprint(&body)?;
+            let fingerprint = fingerprint(&body, file.as_ref())?;
             Ok::<_, ApiError>((body, fingerprint, registered))
         })
         .await
         .map_err(|e| ApiError::internal(format!("checking the payload: {e}")))??
     } else {
         check_payload(&registered, &body)?;
-        let fingerprint = fingerprint(&body)?;
+        let fingerprint = fingerprint(&body, file.as_ref())?;
         (body, fingerprint, registered)
     };
     let info = &registered.info;
+    // An uploaded blob the job names must exist now: a 422 at submit, not a failed job.
+    let upload = match &info.upload_field {
+        Some(field) => match body.payload.get(field).and_then(Value::as_str) {
+            Some(blob) => {
+                let found = state.blobs.info(blob).await.map_err(ApiError::from)?;
+                if found.is_none() {
+                    return Err(ApiError::invalid(format!(
+                        "{field}: blob {blob} does not exist (or has expired); upload it with POST /v1/blobs"
+                    ))
+                    .with("field", json!(field)));
+                }
+                Some(blob.to_string())
+            }
+            None => None,
+        },
+        None => None,
+    };
     let mut created_at = now();
     let fresh = matches!(identity, Identity::Fresh);
     let (id, claim_key, repeat) = match identity {
@@ -173,6 +200,12 @@ pub async fn submit(
         }
     };
     crate::telemetry::note_job(id);
+    if let Some(blob) = &upload {
+        // Marked as the job's, so the sweeper keeps it as long as the job's snapshot.
+        if let Err(e) = state.blobs.reference(blob, &id.to_string()).await {
+            tracing::warn!(job_id = %id, %blob, error = %e, "Could not mark a blob as the job's; it expires with the upload TTL.");
+        }
+    }
 
     if repeat {
         // The job may be long finished and gone from JOBS: never publish it again if
@@ -357,7 +390,21 @@ async fn unknown_kind(state: &AppState, kind: &Kind) -> ApiError {
 }
 
 /// A stable digest of everything that defines the job, to tell a retry from a new request.
-fn fingerprint(body: &SubmitBody) -> Result<String, ApiError> {
+/// An uploaded file counts by its content (`file`: its field and `sha256:<hex>`), not
+/// by the blob id each upload gets.
+fn fingerprint(body: &SubmitBody, file: Option<&(String, String)>) -> Result<String, ApiError> {
+    let replaced;
+    let body = match file {
+        Some((field, digest)) => {
+            let mut copy = body.clone();
+            if let Some(payload) = copy.payload.as_object_mut() {
+                payload.insert(field.clone(), Value::String(digest.clone()));
+            }
+            replaced = copy;
+            &replaced
+        }
+        None => body,
+    };
     // serde_json's maps are sorted, so equal bodies serialize to equal bytes.
     let canonical = serde_json::to_vec(body).map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(hex(&Sha256::digest(&canonical)))

@@ -43,6 +43,9 @@ pub struct KindDef {
     pub description: String,
     pub max_attempts: u32,
     pub timeout_secs: u64,
+    /// The payload field that takes a `job_blobs` id: where a multipart submit's file
+    /// goes, and what the gateway checks exists at submit.
+    pub upload_field: Option<String>,
 }
 
 impl KindDef {
@@ -58,7 +61,15 @@ impl KindDef {
             description: description.to_string(),
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             timeout_secs: DEFAULT_TIMEOUT_SECS,
+            upload_field: None,
         }
+    }
+
+    /// The kind takes an uploaded blob's id in `field` (`POST /v1/jobs` multipart puts
+    /// the file there).
+    pub fn upload_field(mut self, field: &str) -> Self {
+        self.upload_field = Some(field.to_string());
+        self
     }
 
     pub fn max_attempts(mut self, n: u32) -> Self {

@@ -132,6 +132,7 @@ impl Processor {
                     max_attempts: def.max_attempts,
                     timeout_secs: def.timeout_secs,
                     payload_schema: h.schema(),
+                    upload_field: def.upload_field,
                     registered_at: crate::job::now(),
                 }
             })

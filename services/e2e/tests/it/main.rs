@@ -21,5 +21,6 @@ mod results;
 mod saturation;
 mod sse;
 mod sse_client;
+mod uploads;
 mod wait;
 mod ws;

@@ -22,13 +22,16 @@ const ROUND_OVERHEAD_BYTES: u64 = 64;
 
 static ZEROS: [u8; CHUNK] = [0; CHUNK];
 
-/// Exactly one of `data_b64` and `size`.
+/// Exactly one of `data_b64`, `data_blob` and `size`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HashRequest {
     /// The data, base64 (standard alphabet, padded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_b64: Option<String>,
+    /// The id of an uploaded blob (`POST /v1/blobs`) to hash, read as a stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_blob: Option<String>,
     /// Hash this many zero bytes instead of sending data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
@@ -68,8 +71,9 @@ impl Handler for Hash {
     fn def(&self) -> KindDef {
         KindDef::new(
             KIND,
-            "Iterated SHA-256 of `data_b64` or of `size` zero bytes: d0 = empty, dk = sha256(d(k-1) ‖ data).",
+            "Iterated SHA-256 of `data_b64`, of blob `data_blob` or of `size` zero bytes: d0 = empty, dk = sha256(d(k-1) ‖ data).",
         )
+        .upload_field("data_blob")
     }
 
     /// The derived schema plus what [`validate`] checks: `rounds` within 1..=max,
@@ -89,6 +93,7 @@ impl Handler for Hash {
                 "oneOf".into(),
                 json!([
                     {"required": ["data_b64"], "properties": {"data_b64": {"type": "string"}}},
+                    {"required": ["data_blob"], "properties": {"data_blob": {"type": "string"}}},
                     {"required": ["size"], "properties": {"size": {"type": "integer"}}}
                 ]),
             );
@@ -98,6 +103,14 @@ impl Handler for Hash {
 
     async fn handle(&self, payload: HashRequest, ctx: JobContext) -> Result<HashResult, JobError> {
         let (source, rounds) = validate(payload, &self.limits)?;
+        if let Source::Blob(id) = source {
+            let digest = hash_blob(&ctx, &id, rounds).await?;
+            return Ok(HashResult {
+                algorithm: "sha256",
+                rounds,
+                digest: hex(&digest),
+            });
+        }
         let max_bytes = self.limits.max_bytes;
         ctx.blocking(move |ctx| {
             // Decoding up to the size cap of base64 is CPU work too.
@@ -138,6 +151,8 @@ fn base64_bound(max_bytes: u64) -> serde_json::Value {
 pub enum Source {
     Base64(String),
     Zeros(u64),
+    /// A blob in `job_blobs`, streamed (never whole in memory).
+    Blob(String),
 }
 
 /// The bytes to hash.
@@ -161,6 +176,19 @@ pub fn validate(request: HashRequest, limits: &HashLimits) -> Result<(Source, u6
             limits.max_rounds
         )));
     }
+    let given = [
+        request.data_b64.is_some(),
+        request.data_blob.is_some(),
+        request.size.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() > 1 {
+        return Err(JobError::permanent(
+            "give one of data_b64, data_blob or size, not several",
+        ));
+    }
+    if let Some(id) = request.data_blob {
+        return Ok((Source::Blob(id), rounds));
+    }
     let source = match (request.data_b64, request.size) {
         (Some(data), None) => {
             // Base64 is 4 characters per 3 bytes: reject oversize input before decoding it.
@@ -183,7 +211,11 @@ pub fn validate(request: HashRequest, limits: &HashLimits) -> Result<(Source, u6
                 "give either data_b64 or size, not both",
             ));
         }
-        (None, None) => return Err(JobError::permanent("give one of data_b64 or size")),
+        (None, None) => {
+            return Err(JobError::permanent(
+                "give one of data_b64, data_blob or size",
+            ));
+        }
     };
     Ok((source, rounds))
 }
@@ -198,6 +230,9 @@ impl Source {
     pub fn into_input(self, max_bytes: u64) -> Result<Input, JobError> {
         match self {
             Self::Zeros(size) => Ok(Input::Zeros(size)),
+            Self::Blob(id) => Err(JobError::Permanent(format!(
+                "blob {id} is hashed as a stream, not loaded"
+            ))),
             Self::Base64(data) => {
                 let bytes = STANDARD.decode(data.as_bytes()).map_err(|e| {
                     JobError::Permanent(format!("data_b64 is not valid base64: {e}"))
@@ -247,6 +282,60 @@ impl<'a> Iterator for Chunks<'a> {
         self.offset += chunk.len() as u64;
         Some(chunk)
     }
+}
+
+/// `d(rounds)` of blob `id`: each round reads the blob again from `job_blobs` as a
+/// stream (bridged to a blocking reader on the blocking pool), so memory stays at one
+/// chunk whatever the blob's size.
+async fn hash_blob(ctx: &JobContext, id: &str, rounds: u64) -> Result<[u8; 32], JobError> {
+    let mut digest = None;
+    for round in 1..=rounds {
+        let reader = tokio_util::io::SyncIoBridge::new(ctx.blob(id).await?);
+        let previous = digest;
+        digest = Some(
+            ctx.blocking(move |ctx| {
+                hash_reader(reader, previous, || {
+                    if ctx.is_cancelled() {
+                        return Err(super::cancelled());
+                    }
+                    ctx.progress(round - 1, rounds);
+                    Ok(())
+                })
+            })
+            .await??,
+        );
+    }
+    digest.ok_or_else(|| JobError::permanent("rounds must be at least 1"))
+}
+
+/// One round over `reader`: `sha256(previous ‖ data)`. Calls `check` about every
+/// [`CHECK_EVERY_BYTES`].
+fn hash_reader(
+    mut reader: impl std::io::Read,
+    previous: Option<[u8; 32]>,
+    mut check: impl FnMut() -> Result<(), JobError>,
+) -> Result<[u8; 32], JobError> {
+    let mut hasher = Sha256::new();
+    if let Some(previous) = &previous {
+        hasher.update(previous);
+    }
+    let mut pacer = Pacer {
+        budget: CHECK_EVERY_BYTES,
+    };
+    let mut buffer = vec![0u8; CHUNK];
+    loop {
+        let n = reader
+            .read(&mut buffer)
+            .map_err(|e| JobError::Retryable(format!("reading the blob: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+        if pacer.spend(n as u64) {
+            check()?;
+        }
+    }
+    Ok(hasher.finalize().into())
 }
 
 /// Counts work done and says when it is time to look at cancellation and report progress.
@@ -320,6 +409,18 @@ mod tests {
     use std::cell::Cell;
 
     use super::*;
+
+    #[test]
+    fn a_streamed_blob_hashes_like_the_same_bytes_inline() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let inline =
+            hash_rounds(&Input::Bytes(data.clone()), 3, |_, _| {}, || false).expect("hash");
+        let mut digest = None;
+        for _ in 0..3 {
+            digest = Some(hash_reader(&data[..], digest, || Ok(())).expect("hash"));
+        }
+        assert_eq!(digest, Some(inline));
+    }
     use serde_json::json;
 
     /// Every refusal of [`validate`] and [`Source::into_input`] is a 422 at submit, and
@@ -458,13 +559,21 @@ mod tests {
             validate(request(json!({"size": 10, "rounds": 1})), &LIMITS),
             Ok((Source::Zeros(10), 1))
         );
+        assert_eq!(
+            validate(request(json!({"data_blob": "b", "rounds": 4})), &LIMITS),
+            Ok((Source::Blob("b".to_string()), 4))
+        );
         for (value, expected) in [
             (json!({"size": 1, "rounds": 0}), "at least 1"),
             (json!({"size": 1, "rounds": 1_000_001}), "above the limit"),
             (json!({"size": 1_048_577, "rounds": 1}), "above the limit"),
             (
                 json!({"data_b64": "YWJj", "size": 3, "rounds": 1}),
-                "not both",
+                "not several",
+            ),
+            (
+                json!({"data_blob": "0190a0a0-0000-7000-8000-000000000000", "size": 3, "rounds": 1}),
+                "not several",
             ),
             (json!({"rounds": 1}), "one of"),
             (

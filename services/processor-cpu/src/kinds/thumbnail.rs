@@ -21,7 +21,11 @@ const STEPS: u64 = 3;
 #[serde(deny_unknown_fields)]
 pub struct ThumbnailRequest {
     /// A PNG or JPEG image, base64 (standard alphabet, padded).
-    pub image_b64: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_b64: Option<String>,
+    /// Or the id of an uploaded blob (`POST /v1/blobs`) holding the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_blob: Option<String>,
     /// Width of the box the thumbnail must fit in, at least 1.
     pub width: u32,
     /// Height of the box the thumbnail must fit in, at least 1.
@@ -65,8 +69,9 @@ impl Handler for Thumbnail {
     fn def(&self) -> KindDef {
         KindDef::new(
             KIND,
-            "Shrinks a PNG or JPEG (`image_b64`) to fit `width` × `height`, keeping its aspect ratio; returns a PNG.",
+            "Shrinks a PNG or JPEG (`image_b64`, or blob `image_blob`) to fit `width` × `height`, keeping its aspect ratio; returns a PNG.",
         )
+        .upload_field("image_blob")
     }
 
     /// The derived schema plus what [`check_box`] checks.
@@ -75,6 +80,15 @@ impl Handler for Thumbnail {
         let bounds = json!({"minimum": 1, "maximum": self.limits.max_dimension});
         constrain(&mut schema, "width", bounds.clone());
         constrain(&mut schema, "height", bounds);
+        if let Some(object) = schema.as_object_mut() {
+            object.insert(
+                "oneOf".into(),
+                json!([
+                    {"required": ["image_b64"], "properties": {"image_b64": {"type": "string"}}},
+                    {"required": ["image_blob"], "properties": {"image_blob": {"type": "string"}}}
+                ]),
+            );
+        }
         schema
     }
 
@@ -83,14 +97,26 @@ impl Handler for Thumbnail {
         payload: ThumbnailRequest,
         ctx: JobContext,
     ) -> Result<ThumbnailResult, JobError> {
-        check_box(payload.width, payload.height, &self.limits)?;
+        check_request(&payload, &self.limits)?;
         let limits = self.limits;
+        let (width, height) = (payload.width, payload.height);
+        let source = match (payload.image_b64, payload.image_blob) {
+            (Some(b64), None) => Source::Base64(b64),
+            (None, Some(id)) => Source::Bytes(read_blob(&ctx, &id).await?),
+            _ => {
+                return Err(JobError::permanent(
+                    "give exactly one of image_b64 and image_blob",
+                ));
+            }
+        };
         ctx.blocking(move |ctx| {
-            let bytes = decode_base64(&payload.image_b64)?;
-            drop(payload.image_b64);
+            let bytes = match source {
+                Source::Base64(b64) => decode_base64(&b64)?,
+                Source::Bytes(bytes) => bytes,
+            };
             let thumbnail = make_thumbnail(
                 &bytes,
-                (payload.width, payload.height),
+                (width, height),
                 &limits,
                 |done, total| ctx.progress(done, total),
                 || ctx.is_cancelled(),
@@ -115,12 +141,50 @@ impl Handler for Thumbnail {
     }
 }
 
+enum Source {
+    Base64(String),
+    Bytes(Vec<u8>),
+}
+
+/// Largest image blob read: an image is decoded whole, so it is read whole, within this.
+const MAX_IMAGE_BLOB_BYTES: u64 = 64 << 20;
+
+async fn read_blob(ctx: &JobContext, id: &str) -> Result<Vec<u8>, JobError> {
+    use tokio::io::AsyncReadExt as _;
+    let info = ctx.blob_info(id).await?;
+    if info.size > MAX_IMAGE_BLOB_BYTES {
+        return Err(JobError::Permanent(format!(
+            "blob {id} is {} bytes, above the {MAX_IMAGE_BLOB_BYTES} bytes an image may have",
+            info.size
+        )));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(info.size).unwrap_or_default());
+    ctx.blob(id)
+        .await?
+        .take(MAX_IMAGE_BLOB_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|e| JobError::Retryable(format!("reading blob {id}: {e}")))?;
+    Ok(bytes)
+}
+
 /// An encoded thumbnail and its size.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Png {
     pub png: Vec<u8>,
     pub width: u32,
     pub height: u32,
+}
+
+/// What the handler refuses before any work: not exactly one image source, or a box
+/// outside the limits.
+pub fn check_request(request: &ThumbnailRequest, limits: &ThumbnailLimits) -> Result<(), JobError> {
+    if request.image_b64.is_some() == request.image_blob.is_some() {
+        return Err(JobError::permanent(
+            "give exactly one of image_b64 and image_blob",
+        ));
+    }
+    check_box(request.width, request.height, limits)
 }
 
 pub fn check_box(width: u32, height: u32, limits: &ThumbnailLimits) -> Result<(), JobError> {
@@ -259,6 +323,8 @@ mod tests {
             json!({"image_b64": "AA==", "width": 1, "height": 1, "x": 0}),
             json!({"image_b64": "AA==", "width": -1, "height": 1}),
             json!({"image_b64": 5, "width": 1, "height": 1}),
+            json!({"image_blob": "b", "width": 1, "height": 1}),
+            json!({"image_blob": "b", "image_b64": "AA==", "width": 1, "height": 1}),
         ];
         for width in [0, 1, 64, 65] {
             for height in [0, 1, 64, 65] {
@@ -268,7 +334,7 @@ mod tests {
         let thumbnail = Thumbnail::new(limits);
         jetjobs::testing::assert_schema_agrees(&Handler::schema(&thumbnail), &payloads, |p| {
             serde_json::from_value::<ThumbnailRequest>(p.clone())
-                .is_ok_and(|r| check_box(r.width, r.height, &limits).is_ok())
+                .is_ok_and(|r| check_request(&r, &limits).is_ok())
         });
     }
 
