@@ -344,19 +344,17 @@ impl Blobs {
         if info.job.as_deref() == Some(job) {
             return Ok(info);
         }
-        let object = self.store.info(id).await.map_err(BlobError::nats)?;
-        let mut metadata = object.metadata.clone();
-        metadata.insert(META_JOB.to_string(), job.to_string());
-        self.store
-            .update_metadata(
-                id,
-                object_store::UpdateMetadata {
-                    name: id.to_string(),
-                    description: object.description.clone(),
-                    metadata,
-                    headers: object.headers.clone(),
-                },
-            )
+        // Not `ObjectStore::update_metadata`: async-nats 0.51 keeps only the name and
+        // description of what it is given, dropping the metadata this is about.
+        let mut object = self.store.info(id).await.map_err(BlobError::nats)?;
+        object.metadata.insert(META_JOB.to_string(), job.to_string());
+        let payload = serde_json::to_vec(&object).map_err(BlobError::nats)?;
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Rollup", "sub");
+        self.js
+            .publish_with_headers(meta_subject(id), headers, payload.into())
+            .await
+            .map_err(BlobError::nats)?
             .await
             .map_err(BlobError::nats)?;
         info.job = Some(job.to_string());

@@ -277,7 +277,7 @@ fn compression()
                 )
             })
     };
-    tower_http::compression::CompressionLayer::new().compress_when(SizeAbove::new(256).and(json))
+    tower_http::compression::CompressionLayer::new().compress_when(SizeAbove::new(32).and(json))
 }
 
 /// Serves the API until `shutdown`, then finishes in-flight requests and returns.

@@ -232,3 +232,79 @@ async fn an_upload_no_job_takes_expires() {
     .await;
     assert!(gone.is_some(), "an unreferenced upload outlived its TTL");
 }
+
+#[tokio::test]
+async fn a_blob_a_job_uses_outlives_the_upload_ttl() {
+    let system = System::start_with(small_blobs()).await;
+    let response = upload(&system, data(2000).into(), None).await;
+    let blob: Value = response.json().await.expect("blob");
+    let id = blob["id"].as_str().expect("id").to_string();
+    let job = system
+        .submit("hash", serde_json::json!({"data_blob": id, "rounds": 1}))
+        .await;
+    system
+        .wait_terminal(job["id"].as_str().expect("job id"), Duration::from_secs(30))
+        .await;
+    // Several sweeps past the 2 s TTL.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let url = system.url(&format!("/v1/blobs/{id}"));
+    assert_eq!(
+        system.http.get(&url).send().await.expect("GET").status(),
+        StatusCode::OK,
+        "a referenced blob lives as long as its job"
+    );
+}
+
+#[tokio::test]
+async fn job_submissions_may_be_compressed_and_snapshots_come_back_compressed() {
+    let system = System::start().await;
+    let body = serde_json::to_vec(&serde_json::json!({"kind": "noop"})).expect("json");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&body).expect("gzip");
+    let response = system
+        .http
+        .post(system.url("/v1/jobs"))
+        .header(CONTENT_TYPE, "application/json")
+        .header(CONTENT_ENCODING, "gzip")
+        .body(gz.finish().expect("gzip"))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let job: Value = response.json().await.expect("snapshot");
+    let id = job["id"].as_str().expect("id");
+
+    let response = system
+        .http
+        .get(system.url(&format!("/v1/jobs/{id}")))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(response.headers()[CONTENT_ENCODING], "gzip");
+    let compressed = response.bytes().await.expect("body");
+    let mut decoded = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(&compressed[..]),
+        &mut decoded,
+    )
+    .expect("gunzip");
+    let snapshot: Value = serde_json::from_slice(&decoded).expect("json");
+    assert_eq!(snapshot["id"], id);
+
+    // A JSON body that decodes past the body limit (64 KiB here) is a 413.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let padding = " ".repeat(1 << 20);
+    gz.write_all(format!("{{\"kind\": \"noop\"{padding}}}").as_bytes())
+        .expect("gzip");
+    let response = system
+        .http
+        .post(system.url("/v1/jobs"))
+        .header(CONTENT_TYPE, "application/json")
+        .header(CONTENT_ENCODING, "gzip")
+        .body(gz.finish().expect("gzip"))
+        .send()
+        .await
+        .expect("POST");
+    assert_problem(response, StatusCode::PAYLOAD_TOO_LARGE).await;
+}
