@@ -73,6 +73,14 @@ struct LayoutArgs {
     /// `Idempotency-Key` or a client-chosen id.
     #[arg(long, env = "JETJOBS_IDEMPOTENCY_MAX_BYTES", default_value_t = Layout::default().idempotency_max_bytes)]
     idempotency_max_bytes: i64,
+    /// Bytes Object Store `job_blobs` holds (uploads, large results); full, uploads are
+    /// refused (503).
+    #[arg(long, env = "JETJOBS_BLOBS_MAX_BYTES", default_value_t = Layout::default().blobs_max_bytes)]
+    blobs_max_bytes: i64,
+    /// Bytes `JOBS_INDEX` (listing) holds, about 150 per job; full, new jobs still run but
+    /// are not listed.
+    #[arg(long, env = "JETJOBS_INDEX_MAX_BYTES", default_value_t = Layout::default().index_max_bytes)]
+    index_max_bytes: i64,
 }
 
 impl LayoutArgs {
@@ -96,6 +104,8 @@ impl LayoutArgs {
             status_max_bytes: self.status_max_bytes,
             idempotency_ttl: hours(self.idempotency_ttl_hours.unwrap_or(self.retention_hours)),
             idempotency_max_bytes: self.idempotency_max_bytes,
+            blobs_max_bytes: self.blobs_max_bytes,
+            index_max_bytes: self.index_max_bytes,
             // Every processor of `jetjobs::layout` (`Layout::default`).
             ..Layout::default()
         }

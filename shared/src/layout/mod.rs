@@ -262,8 +262,8 @@ impl Layout {
             max_age: self.retention,
             max_messages: -1,
             max_bytes: self.index_max_bytes,
-            // Full, it refuses the entry and so the job (503): a job that got its 202 is
-            // always listed.
+            // Full, it refuses new entries rather than drop listed jobs: a job still
+            // queues (and is readable by id) but is not listed, and the gateway warns.
             discard: DiscardPolicy::New,
             allow_direct: true,
             duplicate_window: self.duplicate_window,
