@@ -28,6 +28,20 @@ use crate::layout::BLOBS_BUCKET;
 const CHUNK: usize = 128 * 1024;
 /// Chunk publishes awaiting their ack at once: 2 MiB in flight per upload.
 const WINDOW: usize = 16;
+/// Chunks a reader asks for at once: 1 MiB.
+const READ_AHEAD: usize = 8;
+
+/// A blob's bytes, read [`READ_AHEAD`] chunks at a time.
+pub type BlobReader = tokio_util::io::StreamReader<
+    futures::stream::BoxStream<'static, std::io::Result<Bytes>>,
+    Bytes,
+>;
+
+/// Where a reader is: the next stream sequence to look from, chunks still to read.
+struct Pull {
+    next: u64,
+    remaining: usize,
+}
 
 const META_CONTENT_TYPE: &str = "content_type";
 const META_SHA256: &str = "sha256";
@@ -320,18 +334,75 @@ impl Blobs {
         }
     }
 
-    /// The blob's bytes as an `AsyncRead`, read chunk by chunk from the stream.
-    pub async fn reader(&self, id: &str) -> Result<object_store::Object, BlobError> {
+    /// The blob's bytes as an `AsyncRead`. Not `ObjectStore::get`: its ordered push
+    /// consumer lets the server run ahead of a slow reader (a 1 GiB hash held ~70 MB of
+    /// chunks in flight). Here chunks are pulled with batched direct gets, [`READ_AHEAD`]
+    /// at a time, so memory stays at a few chunks whatever the blob's size.
+    pub async fn reader(&self, id: &str) -> Result<BlobReader, BlobError> {
         if !valid_id(id) {
             return Err(BlobError::NotFound(id.to_string()));
         }
-        match self.store.get(id).await {
-            Ok(object) => Ok(object),
-            Err(e) if e.kind() == object_store::GetErrorKind::NotFound => {
-                Err(BlobError::NotFound(id.to_string()))
+        let info = match self.store.info(id).await {
+            Ok(info) if !info.deleted => info,
+            Ok(_) => return Err(BlobError::NotFound(id.to_string())),
+            Err(e) if e.kind() == object_store::InfoErrorKind::NotFound => {
+                return Err(BlobError::NotFound(id.to_string()));
             }
-            Err(e) => Err(BlobError::nats(e)),
-        }
+            Err(e) => return Err(BlobError::nats(e)),
+        };
+        let subject = format!("$O.{BLOBS_BUCKET}.C.{}", info.nuid);
+        let client = self.js.client();
+        let start = Pull {
+            next: 1,
+            remaining: info.chunks,
+        };
+        let chunks = futures::stream::unfold(Some(start), move |pull| {
+            let client = client.clone();
+            let subject = subject.clone();
+            async move {
+                let pull = pull?;
+                if pull.remaining == 0 {
+                    return None;
+                }
+                let request = crate::direct::Request {
+                    seq: Some(pull.next),
+                    next_by_subj: Some(subject),
+                    batch: pull.remaining.min(READ_AHEAD),
+                    ..Default::default()
+                };
+                let read = crate::direct::batch(
+                    &client,
+                    crate::layout::BLOBS_STREAM,
+                    &request,
+                    Duration::from_secs(30),
+                )
+                .await;
+                match read {
+                    Ok(batch) if !batch.is_empty() => {
+                        let next = Pull {
+                            next: batch.last().map_or(pull.next, |m| m.sequence + 1),
+                            remaining: pull.remaining.saturating_sub(batch.len()),
+                        };
+                        let bytes: Vec<std::io::Result<Bytes>> =
+                            batch.into_iter().map(|m| Ok(m.payload)).collect();
+                        Some((futures::stream::iter(bytes), Some(next)))
+                    }
+                    Ok(_) => Some((
+                        futures::stream::iter(vec![Err(std::io::Error::other(
+                            "the blob's chunks are gone (it expired or was replaced)",
+                        ))]),
+                        None,
+                    )),
+                    Err(e) => Some((
+                        futures::stream::iter(vec![Err(std::io::Error::other(e.to_string()))]),
+                        None,
+                    )),
+                }
+            }
+        })
+        .flatten()
+        .boxed();
+        Ok(tokio_util::io::StreamReader::new(chunks))
     }
 
     /// Marks blob `id` as used by `job`, so the sweeper keeps it as long as the job's
@@ -347,7 +418,9 @@ impl Blobs {
         // Not `ObjectStore::update_metadata`: async-nats 0.51 keeps only the name and
         // description of what it is given, dropping the metadata this is about.
         let mut object = self.store.info(id).await.map_err(BlobError::nats)?;
-        object.metadata.insert(META_JOB.to_string(), job.to_string());
+        object
+            .metadata
+            .insert(META_JOB.to_string(), job.to_string());
         let payload = serde_json::to_vec(&object).map_err(BlobError::nats)?;
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Rollup", "sub");

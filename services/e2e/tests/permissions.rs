@@ -408,6 +408,43 @@ async fn every_service_works_under_its_own_user() {
         "no webhook delivered"
     );
 
+    // Blobs: an upload, a job that reads it, the blob and the result read back, a
+    // listing page (direct-get batches on JOBS_INDEX and job_status).
+    let response = http
+        .post(format!("{base}/v1/blobs"))
+        .body(vec![7u8; 300_000])
+        .send()
+        .await
+        .expect("POST /v1/blobs");
+    assert_eq!(response.status(), 201, "upload");
+    let blob: Value = response.json().await.expect("blob");
+    let blob = blob["id"].as_str().expect("blob id").to_string();
+    let response = http
+        .post(format!("{base}/v1/jobs"))
+        .json(&json!({"kind": "hash", "payload": {"data_blob": blob, "rounds": 1}}))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 202, "a job on a blob");
+    let body: Value = response.json().await.expect("snapshot");
+    let id = body["id"].as_str().expect("id").to_string();
+    let done = eventually(WAIT, || async {
+        let response = http.get(format!("{base}/v1/jobs/{id}")).send().await.ok()?;
+        let body: Value = response.json().await.ok()?;
+        (body["state"] == "succeeded").then_some(())
+    })
+    .await;
+    assert!(done.is_some(), "the blob job did not succeed");
+    for path in [
+        format!("/v1/blobs/{blob}"),
+        format!("/v1/jobs/{id}/result"),
+        "/v1/jobs?limit=3".to_string(),
+    ] {
+        let response = http.get(format!("{base}{path}")).send().await.expect("GET");
+        assert_eq!(response.status(), 200, "{path}");
+        response.bytes().await.expect("body");
+    }
+
     // A cancellation: the gateway records it and tells the processors.
     let response = http
         .post(format!("{base}/v1/jobs"))
