@@ -225,6 +225,17 @@ async fn ndjson_exports_every_job_and_pages_compress() {
     let decoded: Value = serde_json::from_slice(&decoded).expect("json");
     assert_eq!(ids(&decoded), submitted);
 
+    // The export too, when asked.
+    let response = system
+        .http
+        .get(system.url("/v1/jobs"))
+        .header(ACCEPT, "application/x-ndjson")
+        .header(ACCEPT_ENCODING, "zstd")
+        .send()
+        .await
+        .expect("export");
+    assert_eq!(response.headers()[CONTENT_ENCODING], "zstd");
+
     for encoding in ["br", "zstd"] {
         let response = system
             .http
