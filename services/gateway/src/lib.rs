@@ -243,6 +243,8 @@ pub fn router(state: AppState, config: &Config) -> Router {
         // `Content-Encoding: gzip | zstd` request bodies, decoded as they are read: the
         // size limits count decoded bytes, so a compression bomb is a 413.
         .layer(tower_http::decompression::RequestDecompressionLayer::new())
+        // Its refusal of another encoding is a bare 415: made problem+json like the rest.
+        .layer(middleware::map_response(unsupported_encoding))
         // A `Router::layer`, so it runs for every route and sees its matched template.
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -255,6 +257,30 @@ pub fn router(state: AppState, config: &Config) -> Router {
                 .on_response(telemetry::on_response),
         )
         .with_state(state)
+}
+
+async fn unsupported_encoding(response: axum::response::Response) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let bare = response.status() == axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE
+        && response
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .is_none();
+    if !bare {
+        return response;
+    }
+    let mut problem = ApiError::new(
+        axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported-content-encoding",
+        "this Content-Encoding is not accepted: send the body as is, or gzip or zstd",
+    )
+    .into_response();
+    if let Some(accepted) = response.headers().get(axum::http::header::ACCEPT_ENCODING) {
+        problem
+            .headers_mut()
+            .insert(axum::http::header::ACCEPT_ENCODING, accepted.clone());
+    }
+    problem
 }
 
 /// Responses of the JSON endpoints, compressed when the client asks (`Accept-Encoding`:

@@ -211,7 +211,7 @@ async fn compressed_uploads_are_stored_decoded() {
         .send()
         .await
         .expect("POST");
-    assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_problem(response, StatusCode::UNSUPPORTED_MEDIA_TYPE).await;
 }
 
 #[tokio::test]
