@@ -37,9 +37,18 @@ pub struct Request {
     pub start_time: Option<chrono::DateTime<chrono::Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_by_subj: Option<String>,
+    /// The last message on a subject (wildcards allowed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_by_subj: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub multi_last: Vec<String>,
+    /// Messages to return; 0 asks for one, without an end-of-batch marker.
+    #[serde(skip_serializing_if = "is_zero")]
     pub batch: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// The most messages one batch asks for.

@@ -233,18 +233,18 @@ struct StateOnly {
 /// The sequence range `[low, high]` of `JOBS_INDEX` the filters allow, or `None` when
 /// it is empty.
 async fn bounds(state: &AppState, query: &Query) -> Result<Option<(u64, u64)>, ApiError> {
-    let mut index = state.index.clone();
-    let info = index
-        .info()
-        .await
-        .map_err(|e| crate::submit::nats_unavailable("reading JOBS_INDEX", e))?;
-    if info.state.messages == 0 {
-        return Ok(None);
-    }
-    let (mut low, mut high) = (info.state.first_sequence, info.state.last_sequence);
-    if let Some(below) = query.below {
-        high = high.min(below.saturating_sub(1));
-    }
+    // `JOBS_INDEX` only ever loses entries at its front (max_age), so the low bound can
+    // be 1: a window that finds nothing at or below its top means nothing is below it
+    // either, and the walk stops there (see `page`).
+    let mut low = 1;
+    let mut high = match query.below {
+        // Below a cursor, nothing newer is wanted: no read needed.
+        Some(below) => below.saturating_sub(1),
+        None => match last_entry(state).await? {
+            Some(last) => last,
+            None => return Ok(None),
+        },
+    };
     if let Some(before) = query.filters.created_before {
         // The first entry stored after `before` (+ margin) and everything above it are
         // too new.
@@ -259,6 +259,23 @@ async fn bounds(state: &AppState, query: &Query) -> Result<Option<(u64, u64)>, A
         }
     }
     Ok((low <= high && high > 0).then_some((low, high)))
+}
+
+/// The newest index entry's sequence (one direct get, any replica), or `None` when the
+/// index is empty.
+async fn last_entry(state: &AppState) -> Result<Option<u64>, ApiError> {
+    let found = direct::batch(
+        &state.client,
+        layout::INDEX_STREAM,
+        &Request {
+            last_by_subj: Some(jetjobs::subjects::INDEX_ALL.to_string()),
+            ..Request::default()
+        },
+        READ_TIMEOUT,
+    )
+    .await
+    .map_err(|e| crate::submit::nats_unavailable("reading JOBS_INDEX", e))?;
+    Ok(found.first().map(|m| m.sequence))
 }
 
 /// The sequence of the first index entry stored at or after `time`.
@@ -318,8 +335,15 @@ pub async fn page(state: &AppState, query: &Query, budget: usize) -> Result<Page
         .await
         .map_err(unavailable)?;
         scanned += window;
-        // A batch runs on past `high` when entries below it have expired.
+        // A batch runs on past `high` when entries below it have expired; none at or
+        // below `high` means the front of the index is behind this window: the end.
         entries.retain(|m| m.sequence <= high);
+        if entries.is_empty() {
+            return Ok(Page {
+                jobs,
+                next_below: None,
+            });
+        }
         entries.sort_unstable_by_key(|m| std::cmp::Reverse(m.sequence));
         let candidates: Vec<(u64, IndexEntry)> = entries
             .iter()

@@ -150,6 +150,10 @@ async fn filters_by_kind_state_and_creation_time() {
 #[tokio::test]
 async fn bad_listing_parameters_are_400() {
     let system = System::start().await;
+    // No job yet: an empty page, and no next one.
+    let (empty, link) = list(&system, "").await;
+    assert_eq!(empty, json!({"jobs": [], "next_cursor": null}));
+    assert!(link.is_none());
     for query in [
         "limit=0",
         "limit=1001",
