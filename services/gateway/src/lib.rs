@@ -169,6 +169,8 @@ pub struct Shared {
     kinds: kinds::KindCache,
     /// `JOB_EVENTS`, read (direct get) to see a job's last event.
     events: jetstream::stream::Stream,
+    /// `JOBS_INDEX`: its info gives the first listing page its start.
+    index: jetstream::stream::Stream,
     /// `JOBS_DEAD`, read to retry a failed job.
     dead: jetstream::stream::Stream,
     /// Waiting and streaming: the `job_status` watch hub and its limits.
@@ -365,6 +367,10 @@ pub async fn run(
             .get_stream(layout::EVENTS_STREAM)
             .await
             .context("opening stream JOB_EVENTS")?,
+        index: js
+            .get_stream(layout::INDEX_STREAM)
+            .await
+            .context("opening stream JOBS_INDEX")?,
         dead: js
             .get_stream(layout::DEAD_STREAM)
             .await

@@ -261,21 +261,17 @@ async fn bounds(state: &AppState, query: &Query) -> Result<Option<(u64, u64)>, A
     Ok((low <= high && high > 0).then_some((low, high)))
 }
 
-/// The newest index entry's sequence (one direct get, any replica), or `None` when the
-/// index is empty.
+/// The newest index entry's sequence, or `None` when the index is empty. From the
+/// stream's info, which the server keeps current: a direct get of the last message on
+/// `jobs.index.>` looked the same at 10,000 jobs but took ~106 ms at 1,000,000 (a
+/// wildcard "last" scans the last block's subjects).
 async fn last_entry(state: &AppState) -> Result<Option<u64>, ApiError> {
-    let found = direct::batch(
-        &state.client,
-        layout::INDEX_STREAM,
-        &Request {
-            last_by_subj: Some(jetjobs::subjects::INDEX_ALL.to_string()),
-            ..Request::default()
-        },
-        READ_TIMEOUT,
-    )
-    .await
-    .map_err(|e| crate::submit::nats_unavailable("reading JOBS_INDEX", e))?;
-    Ok(found.first().map(|m| m.sequence))
+    let mut index = state.index.clone();
+    let info = index
+        .info()
+        .await
+        .map_err(|e| crate::submit::nats_unavailable("reading JOBS_INDEX", e))?;
+    Ok((info.state.messages > 0).then_some(info.state.last_sequence))
 }
 
 /// The sequence of the first index entry stored at or after `time`.
