@@ -81,14 +81,22 @@ stop() {
 trap stop INT TERM HUP
 trap '[ "$stopping" = yes ] || stop' EXIT
 
+# JetStream reserves every stream's max_bytes against max_file_store, which nats-server
+# otherwise sizes from the disk's free space (75 %): with less than ~40 GB free, the
+# default limits (job_blobs alone is 16 GiB) would not fit and provisioning would fail.
+# 1TB is a ceiling for the reservations, not a size: a disk that really fills is the
+# full-store case (writes refused, nothing forgotten; docs/operations.md).
 # NATS_SYNC_INTERVAL ("always", or a duration such as "1s") sets when JetStream fsyncs;
-# nats-server has no flag for it, hence the config file. Unset, nats-server's default
-# applies (every 2 minutes), unlike deploy/nats/nats.conf: see docs/durability.md.
-nats_conf=()
-if [ -n "${NATS_SYNC_INTERVAL:-}" ]; then
-  printf 'jetstream {\n  sync_interval: "%s"\n}\n' "$NATS_SYNC_INTERVAL" >"$RUN_DIR/nats.conf"
-  nats_conf=(-c "$RUN_DIR/nats.conf")
-fi
+# unset, nats-server's default applies (every 2 minutes), unlike deploy/nats/nats.conf:
+# see docs/durability.md.
+{
+  printf 'jetstream {\n  max_file_store: 1TB\n'
+  if [ -n "${NATS_SYNC_INTERVAL:-}" ]; then
+    printf '  sync_interval: "%s"\n' "$NATS_SYNC_INTERVAL"
+  fi
+  printf '}\n'
+} >"$RUN_DIR/nats.conf"
+nats_conf=(-c "$RUN_DIR/nats.conf")
 setsid "$NATS_SERVER_BIN" "${nats_conf[@]}" -js -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MONITOR_PORT" \
   --store_dir "$RUN_DIR/nats" -n jetjobs-local >"$RUN_DIR/logs/nats.log" 2>&1 &
 pids+=($!)

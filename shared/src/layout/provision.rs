@@ -48,9 +48,24 @@ where
     E: std::error::Error + Send + Sync + 'static,
 {
     let object = object.to_string();
-    move |source| ProvisionError::Nats {
-        object,
-        source: Box::new(source),
+    move |source| {
+        // JetStream reserves each stream's max_bytes against max_file_store, which
+        // nats-server sizes from free disk space unless configured: say so, since the
+        // server's own words ("insufficient resources") do not.
+        let text = source.to_string();
+        let object = if text.contains("insufficient") {
+            format!(
+                "{object} (its max_bytes does not fit in the server's JetStream storage limit: \
+                 set `jetstream {{ max_file_store: ... }}` in the nats-server config, as \
+                 deploy/nats/nats.conf does, or lower the store limits)"
+            )
+        } else {
+            object
+        };
+        ProvisionError::Nats {
+            object,
+            source: Box::new(source),
+        }
     }
 }
 
