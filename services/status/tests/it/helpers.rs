@@ -97,20 +97,28 @@ impl Setup {
             .expect("queued snapshot");
     }
 
-    /// Waits until the status-projector consumer has nothing pending or unacked.
+    /// Waits until the status-projector consumer has acked every event stored so far
+    /// (its ack floor has reached the stream's last sequence), with nothing pending or
+    /// unacked. Pending and unacked counts alone could both read 0 on a loaded machine
+    /// before the projection had caught up (seen once in CI).
     pub async fn projection_idle(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
-            let mut consumer: jetstream::consumer::PullConsumer = self
+            let mut stream = self
                 .js
                 .get_stream(layout::EVENTS_STREAM)
                 .await
-                .expect("stream")
+                .expect("stream");
+            let last = stream.info().await.expect("stream info").state.last_sequence;
+            let mut consumer: jetstream::consumer::PullConsumer = stream
                 .get_consumer(layout::STATUS_CONSUMER)
                 .await
                 .expect("consumer");
             let info = consumer.info().await.expect("consumer info");
-            if info.num_pending == 0 && info.num_ack_pending == 0 {
+            if info.num_pending == 0
+                && info.num_ack_pending == 0
+                && info.ack_floor.stream_sequence >= last
+            {
                 return;
             }
             assert!(
