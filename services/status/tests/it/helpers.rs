@@ -109,7 +109,12 @@ impl Setup {
                 .get_stream(layout::EVENTS_STREAM)
                 .await
                 .expect("stream");
-            let last = stream.info().await.expect("stream info").state.last_sequence;
+            let last = stream
+                .info()
+                .await
+                .expect("stream info")
+                .state
+                .last_sequence;
             let mut consumer: jetstream::consumer::PullConsumer = stream
                 .get_consumer(layout::STATUS_CONSUMER)
                 .await
