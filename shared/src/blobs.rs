@@ -167,16 +167,18 @@ impl Blobs {
             _ => None,
         };
         let result = match self.write_chunks(&chunks_subject, body, limit).await {
-            Ok((size, chunks, sha256)) => {
+            Ok((size, chunks, digest)) => {
                 let info = BlobInfo {
                     id: id.to_string(),
                     size,
-                    sha256,
+                    sha256: crate::hex(&digest),
                     content_type: content_type.to_string(),
                     job: job.map(str::to_string),
                     created_ms: now_ms(),
                 };
-                self.write_meta(&info, &nuid, chunks).await.map(|()| info)
+                self.write_meta(&info, &nuid, chunks, &digest)
+                    .await
+                    .map(|()| info)
             }
             Err(e) => Err(e),
         };
@@ -200,7 +202,7 @@ impl Blobs {
         subject: &str,
         body: S,
         limit: u64,
-    ) -> Result<(u64, usize, String), BlobError>
+    ) -> Result<(u64, usize, [u8; 32]), BlobError>
     where
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
@@ -253,7 +255,7 @@ impl Blobs {
             Self::settle(Some(ack)).await?;
         }
         let digest = hasher.unwrap_or_default().finalize();
-        Ok((size, chunks, hex(&digest)))
+        Ok((size, chunks, digest.into()))
     }
 
     async fn settle(ack: Option<jetstream::context::PublishAckFuture>) -> Result<(), BlobError> {
@@ -268,6 +270,7 @@ impl Blobs {
         info: &BlobInfo,
         nuid: &str,
         chunks: usize,
+        digest: &[u8; 32],
     ) -> Result<(), BlobError> {
         let mut metadata = HashMap::from([
             (META_CONTENT_TYPE.to_string(), info.content_type.clone()),
@@ -277,12 +280,7 @@ impl Blobs {
         if let Some(job) = &info.job {
             metadata.insert(META_JOB.to_string(), job.clone());
         }
-        let digest = base64::engine::general_purpose::URL_SAFE.encode(
-            (0..info.sha256.len())
-                .step_by(2)
-                .filter_map(|i| u8::from_str_radix(&info.sha256[i..i + 2], 16).ok())
-                .collect::<Vec<u8>>(),
-        );
+        let digest = base64::engine::general_purpose::URL_SAFE.encode(digest);
         // async-nats' ObjectInfo, as JSON (its `modified` is RFC 3339).
         let meta = serde_json::json!({
             "name": info.id,
@@ -323,11 +321,17 @@ impl Blobs {
 
     /// The blob's description, or `None` when there is no such blob.
     pub async fn info(&self, id: &str) -> Result<Option<BlobInfo>, BlobError> {
+        Ok(self.object(id).await?.as_ref().map(BlobInfo::from_object))
+    }
+
+    /// The stored object description of blob `id`, or `None` (never stored, deleted,
+    /// or not a blob id at all).
+    async fn object(&self, id: &str) -> Result<Option<object_store::ObjectInfo>, BlobError> {
         if !valid_id(id) {
             return Ok(None);
         }
         match self.store.info(id).await {
-            Ok(info) if !info.deleted => Ok(Some(BlobInfo::from_object(&info))),
+            Ok(info) if !info.deleted => Ok(Some(info)),
             Ok(_) => Ok(None),
             Err(e) if e.kind() == object_store::InfoErrorKind::NotFound => Ok(None),
             Err(e) => Err(BlobError::nats(e)),
@@ -339,17 +343,10 @@ impl Blobs {
     /// chunks in flight). Here chunks are pulled with batched direct gets, [`READ_AHEAD`]
     /// at a time, so memory stays at a few chunks whatever the blob's size.
     pub async fn reader(&self, id: &str) -> Result<BlobReader, BlobError> {
-        if !valid_id(id) {
-            return Err(BlobError::NotFound(id.to_string()));
-        }
-        let info = match self.store.info(id).await {
-            Ok(info) if !info.deleted => info,
-            Ok(_) => return Err(BlobError::NotFound(id.to_string())),
-            Err(e) if e.kind() == object_store::InfoErrorKind::NotFound => {
-                return Err(BlobError::NotFound(id.to_string()));
-            }
-            Err(e) => return Err(BlobError::nats(e)),
-        };
+        let info = self
+            .object(id)
+            .await?
+            .ok_or_else(|| BlobError::NotFound(id.to_string()))?;
         let subject = format!("$O.{BLOBS_BUCKET}.C.{}", info.nuid);
         let client = self.js.client();
         let start = Pull {
@@ -408,16 +405,16 @@ impl Blobs {
     /// Marks blob `id` as used by `job`, so the sweeper keeps it as long as the job's
     /// snapshot. `NotFound` when the blob does not exist (or expired).
     pub async fn reference(&self, id: &str, job: &str) -> Result<BlobInfo, BlobError> {
-        let mut info = self
-            .info(id)
+        let mut object = self
+            .object(id)
             .await?
             .ok_or_else(|| BlobError::NotFound(id.to_string()))?;
+        let mut info = BlobInfo::from_object(&object);
         if info.job.as_deref() == Some(job) {
             return Ok(info);
         }
         // Not `ObjectStore::update_metadata`: async-nats 0.51 keeps only the name and
         // description of what it is given, dropping the metadata this is about.
-        let mut object = self.store.info(id).await.map_err(BlobError::nats)?;
         object
             .metadata
             .insert(META_JOB.to_string(), job.to_string());
@@ -475,12 +472,4 @@ impl Blobs {
 /// Blob ids are UUIDs: nothing else is looked up (object names could hold anything).
 pub fn valid_id(id: &str) -> bool {
     uuid::Uuid::parse_str(id).is_ok()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }

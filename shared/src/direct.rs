@@ -37,9 +37,6 @@ pub struct Request {
     pub start_time: Option<chrono::DateTime<chrono::Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_by_subj: Option<String>,
-    /// The last message on a subject (wildcards allowed).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_by_subj: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub multi_last: Vec<String>,
     /// Messages to return; 0 asks for one, without an end-of-batch marker.

@@ -38,3 +38,14 @@ pub mod testing;
 
 pub use job::{JobId, JobRequest, Kind, Progress};
 pub use state::{Change, JobEvent, JobSnapshot, JobState, ResultRef};
+
+/// Lower-case hex of `bytes` (digests in answers, fingerprints, keys).
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}

@@ -181,7 +181,10 @@ pub async fn submit(
             }
         }
         Identity::IdempotencyKey(idempotency_key) => {
-            let key = format!("key.{}", hex(&Sha256::digest(idempotency_key.as_bytes())));
+            let key = format!(
+                "key.{}",
+                jetjobs::hex(&Sha256::digest(idempotency_key.as_bytes()))
+            );
             let candidate = JobId::new_v7();
             match claim(state, &key, candidate, &fingerprint, created_at).await? {
                 ClaimOutcome::Won(revision) => (candidate, Some((key, revision)), false),
@@ -407,17 +410,7 @@ fn fingerprint(body: &SubmitBody, file: Option<&(String, String)>) -> Result<Str
     };
     // serde_json's maps are sorted, so equal bodies serialize to equal bytes.
     let canonical = serde_json::to_vec(body).map_err(|e| ApiError::internal(e.to_string()))?;
-    Ok(hex(&Sha256::digest(&canonical)))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    Ok(jetjobs::hex(&Sha256::digest(&canonical)))
 }
 
 enum ClaimOutcome {

@@ -30,6 +30,13 @@ fn hex_sha256(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// `bytes`, gzip-compressed.
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(bytes).expect("gzip");
+    gz.finish().expect("gzip")
+}
+
 fn data(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 7 % 251) as u8).collect()
 }
@@ -160,11 +167,7 @@ async fn an_upload_over_the_limit_is_refused_and_leaves_nothing() {
     assert_problem(chunked, StatusCode::PAYLOAD_TOO_LARGE).await;
 
     // A compression bomb: 64 KiB of gzip that decodes to 64 MiB.
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    for _ in 0..64 {
-        gz.write_all(&vec![0u8; 1 << 20]).expect("gzip");
-    }
-    let bomb = gz.finish().expect("gzip");
+    let bomb = gzip(&vec![0u8; 64 << 20]);
     assert!(bomb.len() < LIMIT as usize / 4);
     let response = system
         .http
@@ -187,13 +190,11 @@ async fn an_upload_over_the_limit_is_refused_and_leaves_nothing() {
 async fn compressed_uploads_are_stored_decoded() {
     let system = System::start_with(small_blobs()).await;
     let bytes = data(200_000);
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(&bytes).expect("gzip");
     let response = system
         .http
         .post(system.url("/v1/blobs"))
         .header(CONTENT_ENCODING, "gzip")
-        .body(gz.finish().expect("gzip"))
+        .body(gzip(&bytes))
         .send()
         .await
         .expect("POST");
@@ -259,14 +260,12 @@ async fn a_blob_a_job_uses_outlives_the_upload_ttl() {
 async fn job_submissions_may_be_compressed_and_snapshots_come_back_compressed() {
     let system = System::start().await;
     let body = serde_json::to_vec(&serde_json::json!({"kind": "noop"})).expect("json");
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(&body).expect("gzip");
     let response = system
         .http
         .post(system.url("/v1/jobs"))
         .header(CONTENT_TYPE, "application/json")
         .header(CONTENT_ENCODING, "gzip")
-        .body(gz.finish().expect("gzip"))
+        .body(gzip(&body))
         .send()
         .await
         .expect("POST");
@@ -293,16 +292,14 @@ async fn job_submissions_may_be_compressed_and_snapshots_come_back_compressed() 
     assert_eq!(snapshot["id"], id);
 
     // A JSON body that decodes past the body limit (64 KiB here) is a 413.
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     let padding = " ".repeat(1 << 20);
-    gz.write_all(format!("{{\"kind\": \"noop\"{padding}}}").as_bytes())
-        .expect("gzip");
+    let inflated = gzip(format!("{{\"kind\": \"noop\"{padding}}}").as_bytes());
     let response = system
         .http
         .post(system.url("/v1/jobs"))
         .header(CONTENT_TYPE, "application/json")
         .header(CONTENT_ENCODING, "gzip")
-        .body(gz.finish().expect("gzip"))
+        .body(inflated)
         .send()
         .await
         .expect("POST");
