@@ -146,6 +146,39 @@ pub struct JobRequest {
     /// Which events it POSTs; `None` means [`CallbackEvent::DEFAULT`] (how the job ended).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_events: Option<Vec<CallbackEvent>>,
+    /// When the job may run and until when, and the schedule that made it; empty for a
+    /// job submitted to run now.
+    #[serde(default, skip_serializing_if = "Scheduling::is_empty")]
+    pub scheduling: Scheduling,
+}
+
+/// A job's timing: delayed (`run_at`), expiring (`expires_at`), or made by a recurring
+/// schedule. Carried by the request and by every event (so a snapshot built from events
+/// alone, or rebuilt, shows it), and shown at the top level of the snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scheduling {
+    /// The job waits in `JOBS_SCHEDULES` until then (state `scheduled`); set only when it
+    /// was in the future at submission.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<DateTime<Utc>>,
+    /// Not started by then, the job ends `cancelled` without running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The recurring schedule whose firing made the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+}
+
+impl Scheduling {
+    pub fn is_empty(&self) -> bool {
+        self.run_at.is_none() && self.expires_at.is_none() && self.schedule.is_none()
+    }
+
+    /// Whether the job has expired at `now` (it may still be running: expiry only stops
+    /// a job that has not started).
+    pub fn expired(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -1,11 +1,13 @@
 //! The job state machine: the one place that decides what a job's state is.
 //!
 //! ```text
-//! queued ─► running ─► succeeded | failed | cancelled
-//!   ▲          ▲  │                  │
-//!   │          └──┴─► retrying       │
-//!   └──────── requeued (POST /v1/jobs/{id}/retry) ◄─┘
+//! scheduled ─► queued ─► running ─► succeeded | failed | cancelled
+//!  (run_at)      ▲          ▲  │                  │
+//!                │          └──┴─► retrying       │
+//!                └──────── requeued (POST /v1/jobs/{id}/retry) ◄─┘
 //! ```
+//!
+//! A scheduled or queued job can also be cancelled (by the client, or when it expires).
 //!
 //! Attempts are numbered across retries: a job that failed on attempt 3 and is retried
 //! runs attempt 4 next. So a job's life is a sequence of positions, `(attempt, step)`,
@@ -25,6 +27,8 @@ use crate::webhook::{CallbackEvent, WebhookRecord, WebhookStatus};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
+    /// Waiting for its `run_at` in `JOBS_SCHEDULES`.
+    Scheduled,
     Queued,
     Running,
     Retrying,
@@ -41,15 +45,17 @@ impl JobState {
     /// Position within one attempt; a later event of the same attempt must not rank lower.
     fn rank(self) -> u8 {
         match self {
-            Self::Queued => 0,
-            Self::Running => 1,
-            Self::Retrying => 2,
-            Self::Succeeded | Self::Failed | Self::Cancelled => 3,
+            Self::Scheduled => 0,
+            Self::Queued => 1,
+            Self::Running => 2,
+            Self::Retrying => 3,
+            Self::Succeeded | Self::Failed | Self::Cancelled => 4,
         }
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Scheduled => "scheduled",
             Self::Queued => "queued",
             Self::Running => "running",
             Self::Retrying => "retrying",
@@ -97,6 +103,15 @@ pub struct JobSnapshot {
     /// is due).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<WebhookStatus>,
+    /// When a delayed job runs (it is `scheduled` until then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<DateTime<Utc>>,
+    /// Not started by then, the job is cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The recurring schedule that made the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
 }
 
 /// A result stored in Object Store `job_blobs` instead of inline (claim-check).
@@ -121,8 +136,9 @@ pub struct AttemptError {
 pub const MAX_ERRORS_KEPT: usize = 32;
 
 impl JobSnapshot {
-    /// The snapshot of a job waiting in `JOBS` for `request` (the gateway writes it when
-    /// it accepts a job; a rebuild writes it for jobs still waiting).
+    /// The snapshot of a job waiting for `request`: `queued` in `JOBS`, or `scheduled` in
+    /// `JOBS_SCHEDULES` when it has a `run_at` (the gateway writes it when it accepts a
+    /// job; a rebuild writes it for jobs still waiting).
     pub fn queued(request: &JobRequest) -> Self {
         let mut snapshot = Self::new(
             request.id,
@@ -133,7 +149,17 @@ impl JobSnapshot {
         snapshot.attempt = request.prior_attempts;
         snapshot.callback_url = request.callback_url.clone();
         snapshot.callback_events = request.callback_events.clone();
+        snapshot.set_scheduling(&request.scheduling);
+        if request.scheduling.run_at.is_some() && request.prior_attempts == 0 {
+            snapshot.state = JobState::Scheduled;
+        }
         snapshot
+    }
+
+    fn set_scheduling(&mut self, scheduling: &crate::job::Scheduling) {
+        self.run_at = scheduling.run_at;
+        self.expires_at = scheduling.expires_at;
+        self.schedule.clone_from(&scheduling.schedule);
     }
 
     /// Where the job stands: `(attempt, step within it)`. A job queued again after
@@ -163,12 +189,15 @@ impl JobSnapshot {
             callback_url: None,
             callback_events: None,
             webhook: None,
+            run_at: None,
+            expires_at: None,
+            schedule: None,
         }
     }
 }
 
 /// The step of a `requeued` event: after every other step of its attempt.
-const REQUEUED_STEP: u8 = 4;
+const REQUEUED_STEP: u8 = 5;
 
 /// One change to a job, published on `jobs.events.<kind>.<id>` by whoever made it.
 ///
@@ -192,6 +221,8 @@ pub struct JobEvent {
     pub callback_url: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_events: Option<Vec<CallbackEvent>>,
+    #[serde(default, skip_serializing_if = "crate::job::Scheduling::is_empty")]
+    pub scheduling: crate::job::Scheduling,
     #[serde(flatten)]
     pub change: Change,
 }
@@ -199,6 +230,8 @@ pub struct JobEvent {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Change {
+    /// A delayed job's time came: it left `JOBS_SCHEDULES` for `JOBS` (attempt 0).
+    Queued,
     Started,
     Progress(Progress),
     /// The attempt failed and the job will run again after `retry_in_ms`.
@@ -230,6 +263,7 @@ impl Change {
     /// The short name used in `Nats-Msg-Id` and logs.
     pub fn name(&self) -> &'static str {
         match self {
+            Self::Queued => "queued",
             Self::Started => "started",
             Self::Progress(_) => "progress",
             Self::Retrying { .. } => "retrying",
@@ -245,6 +279,7 @@ impl Change {
     /// changes no state.
     pub fn state(&self) -> Option<JobState> {
         Some(match self {
+            Self::Queued => JobState::Queued,
             Self::Started | Self::Progress(_) => JobState::Running,
             Self::Retrying { .. } => JobState::Retrying,
             Self::Succeeded { .. } => JobState::Succeeded,
@@ -270,7 +305,8 @@ impl Change {
             Self::Failed { .. } => CallbackEvent::Failed,
             Self::Cancelled { .. } => CallbackEvent::Cancelled,
             Self::Requeued => CallbackEvent::Requeued,
-            Self::Webhook(_) => return None,
+            // Leaving the schedule is not a webhook event: `started` follows at once.
+            Self::Queued | Self::Webhook(_) => return None,
         })
     }
 
@@ -294,6 +330,7 @@ impl JobEvent {
             at: crate::job::now(),
             callback_url: request.callback_url.clone(),
             callback_events: request.callback_events.clone(),
+            scheduling: request.scheduling.clone(),
             change,
         }
     }
@@ -479,6 +516,9 @@ fn advance(current: Option<&JobSnapshot>, event: &JobEvent) -> Result<JobSnapsho
     };
 
     let mut next = base;
+    if next.run_at.is_none() && next.expires_at.is_none() && next.schedule.is_none() {
+        next.set_scheduling(&event.scheduling);
+    }
     if next.callback_url.is_none() {
         next.callback_url.clone_from(&event.callback_url);
         next.callback_events.clone_from(&event.callback_events);
@@ -505,7 +545,7 @@ fn advance(current: Option<&JobSnapshot>, event: &JobEvent) -> Result<JobSnapsho
         next.progress = None;
     }
     match &event.change {
-        Change::Started => {}
+        Change::Queued | Change::Started => {}
         Change::Progress(progress) => next.progress = Some(*progress),
         Change::Retrying { error, .. } | Change::Failed { error } => {
             next.error = Some(error.clone());
@@ -552,6 +592,7 @@ mod tests {
             prior_attempts: 0,
             callback_url: None,
             callback_events: None,
+            scheduling: Default::default(),
         }
     }
 

@@ -84,6 +84,49 @@ pub fn cancel_filter(kind: &Kind) -> String {
     format!("jobs.cancel.{kind}.*")
 }
 
+/// `jobs.at.<kind>.<id>`: a delayed job's schedule in `JOBS_SCHEDULES`, with its request
+/// as the body. The server keeps time: at `run_at` it publishes the body to
+/// [`due`] and removes the schedule (ADR-51 `@at`).
+pub fn delayed(kind: &Kind, id: JobId) -> String {
+    format!("jobs.at.{kind}.{id}")
+}
+/// `jobs.due.<kind>.<id>`: a delayed job whose time came, for the scheduler to queue.
+pub fn due(kind: &Kind, id: JobId) -> String {
+    format!("jobs.due.{kind}.{id}")
+}
+/// `jobs.expiry.<kind>.<id>`: a job's expiry, a schedule that fires at `expires_at` into
+/// [`expired`].
+pub fn expiry(kind: &Kind, id: JobId) -> String {
+    format!("jobs.expiry.{kind}.{id}")
+}
+/// `jobs.expired.<kind>.<id>`: a job's expiry came, for the scheduler to cancel it if it
+/// has not started.
+pub fn expired(kind: &Kind, id: JobId) -> String {
+    format!("jobs.expired.{kind}.{id}")
+}
+/// `jobs.cron.<name>`: a recurring schedule (cron or `@every`), with the job it makes as
+/// the body; it fires into [`fire`].
+pub fn cron(name: &str) -> String {
+    format!("jobs.cron.{name}")
+}
+/// `jobs.fire.<name>`: one firing of a recurring schedule, for the scheduler to turn into
+/// a job.
+pub fn fire(name: &str) -> String {
+    format!("jobs.fire.{name}")
+}
+/// Everything in `JOBS_SCHEDULES`: the schedules, and where they fire.
+pub const SCHEDULES_ALL: [&str; 6] = [
+    "jobs.at.>",
+    "jobs.due.>",
+    "jobs.expiry.>",
+    "jobs.expired.>",
+    "jobs.cron.>",
+    "jobs.fire.>",
+];
+/// What the scheduler consumes: the firings, never the schedules (on a work-queue
+/// stream, acking a schedule would delete it).
+pub const FIRED: [&str; 3] = ["jobs.due.>", "jobs.expired.>", "jobs.fire.>"];
+
 pub mod headers {
     /// JetStream deduplication id: the job id on `JOBS`, `<id>.<type>.<attempt>` on `JOB_EVENTS`.
     pub const MSG_ID: &str = "Nats-Msg-Id";
@@ -97,4 +140,12 @@ pub mod headers {
     /// W3C trace context.
     pub const TRACEPARENT: &str = "traceparent";
     pub const TRACESTATE: &str = "tracestate";
+    /// ADR-51 message schedules (nats-server 2.12+; cron and `@every` 2.14+).
+    pub const SCHEDULE: &str = "Nats-Schedule";
+    pub const SCHEDULE_TARGET: &str = "Nats-Schedule-Target";
+    pub const SCHEDULE_TIME_ZONE: &str = "Nats-Schedule-Time-Zone";
+    /// On a firing: the next firing's time (RFC 3339), or `purge` for a one-shot.
+    pub const SCHEDULE_NEXT: &str = "Nats-Schedule-Next";
+    /// On a firing: the subject of the schedule that fired.
+    pub const SCHEDULER: &str = "Nats-Scheduler";
 }

@@ -639,6 +639,7 @@ impl ProcessorHarness {
             prior_attempts: 0,
             callback_url: None,
             callback_events: None,
+            scheduling: Default::default(),
         };
         // The job's own subject and its progress reports, which have a subject of their own.
         let own = self

@@ -311,6 +311,20 @@ impl Services {
 
     /// Every event recorded for a job, oldest first, as `(type, attempt)`.
     pub async fn events_of(&self, kind: &str, id: &str) -> Vec<(String, u64)> {
+        self.event_documents(kind, id)
+            .await
+            .iter()
+            .map(|event| {
+                (
+                    event["type"].as_str().expect("type").to_string(),
+                    event["attempt"].as_u64().expect("attempt"),
+                )
+            })
+            .collect()
+    }
+
+    /// Every event recorded for a job, oldest first, as stored.
+    pub async fn event_documents(&self, kind: &str, id: &str) -> Vec<Value> {
         let stream = self.js.get_stream("JOB_EVENTS").await.expect("stream");
         let consumer = stream
             .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
@@ -328,11 +342,7 @@ impl Services {
         loop {
             let next = tokio::time::timeout(Duration::from_millis(500), messages.next()).await;
             let Ok(Some(Ok(message))) = next else { break };
-            let event: Value = serde_json::from_slice(&message.payload).expect("event");
-            events.push((
-                event["type"].as_str().expect("type").to_string(),
-                event["attempt"].as_u64().expect("attempt"),
-            ));
+            events.push(serde_json::from_slice(&message.payload).expect("event"));
         }
         events
     }

@@ -27,8 +27,9 @@ use crate::submit::{self, nats_unavailable};
 /// Fenced writes that lose to another writer are tried again on the new state this often.
 const TRIES: usize = 5;
 
-/// `DELETE /v1/jobs/{id}`: cancels a queued or running job. A queued job never runs; a
-/// running one sees `ctx.cancelled()`. `200` with the cancelled snapshot; `409` if the
+/// `DELETE /v1/jobs/{id}`: cancels a scheduled, queued or running job. A scheduled or
+/// queued job never runs (a delayed job's schedule is removed too); a running one sees
+/// `ctx.cancelled()`. `200` with the cancelled snapshot; `409` if the
 /// job has already ended.
 pub async fn cancel(
     State(state): State<AppState>,
@@ -77,6 +78,9 @@ pub async fn cancel(
             .await
         {
             tracing::warn!(job_id = %id, error = %e, "Could not notify processors of a cancellation.");
+        }
+        if job.current.run_at.is_some() || job.current.expires_at.is_some() {
+            crate::delay::forget(&state, &job.current.kind, id).await;
         }
         let snapshot = state::apply(Some(&job.current), &event).unwrap_or(job.current);
         return Ok(json_response(StatusCode::OK, encode(&snapshot)?));
@@ -228,6 +232,11 @@ impl Job {
             at: jetjobs::job::now(),
             callback_url: self.current.callback_url.clone(),
             callback_events: self.current.callback_events.clone(),
+            scheduling: jetjobs::job::Scheduling {
+                run_at: self.current.run_at,
+                expires_at: self.current.expires_at,
+                schedule: self.current.schedule.clone(),
+            },
             change,
         }
     }

@@ -30,6 +30,11 @@ pub fn requirements() -> Vec<Requirement> {
         Requirement::Stream(layout::DEAD_STREAM),
         Requirement::Stream(layout::INDEX_STREAM),
         Requirement::Stream(layout::BLOBS_STREAM),
+        Requirement::Consumer {
+            stream: layout::SCHEDULES_STREAM,
+            name: layout::SCHEDULER_CONSUMER.to_string(),
+        },
+        Requirement::Bucket(layout::SCHEDULES_BUCKET),
         Requirement::Bucket(layout::STATUS_BUCKET),
         Requirement::Bucket(layout::KINDS_BUCKET),
         Requirement::Bucket(layout::IDEMPOTENCY_BUCKET),

@@ -6,6 +6,7 @@
 
 mod blobs;
 mod control;
+mod delay;
 pub mod error;
 mod extract;
 mod health;
@@ -15,6 +16,8 @@ mod list;
 mod metrics;
 mod multipart;
 mod nats_guard;
+mod scheduler;
+mod schedules;
 pub mod serve;
 mod sse;
 mod submit;
@@ -105,6 +108,10 @@ pub struct Config {
     #[arg(long, env = "JETJOBS_BLOB_TTL_SECS", default_value_t = 86_400,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub blob_ttl_secs: u64,
+    /// Furthest ahead a job may be delayed (`run_at`, `delay_secs`), in seconds.
+    #[arg(long, env = "JETJOBS_MAX_DELAY_SECS", default_value_t = 365 * 24 * 3600,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_delay_secs: u64,
 }
 
 impl Config {
@@ -125,6 +132,7 @@ impl Config {
             group_commit_min: 5,
             max_blob_bytes: 1 << 30,
             blob_ttl_secs: 86_400,
+            max_delay_secs: 365 * 24 * 3600,
         }
     }
 
@@ -186,6 +194,12 @@ pub struct Shared {
     blob_limits: blobs::BlobLimits,
     /// Largest JSON body (also a multipart submit's `job` part).
     max_body_bytes: usize,
+    /// `JOBS_SCHEDULES`: delayed jobs, expiries, recurring schedules.
+    schedules: jetstream::stream::Stream,
+    /// KV `job_schedules`: recurring schedules' definitions.
+    schedule_defs: kv::Store,
+    schedule_room: delay::ScheduleRoom,
+    max_delay: Duration,
 }
 
 struct Writers {
@@ -203,6 +217,18 @@ pub fn router(state: AppState, config: &Config) -> Router {
         )
         .route("/v1/jobs/{id}/retry", post(control::retry))
         .route("/v1/jobs/{id}/result", get(jobs::result))
+        .route(
+            "/v1/schedules",
+            post(schedules::create).get(schedules::list),
+        )
+        .route(
+            "/v1/schedules/{name}",
+            get(schedules::get)
+                .put(schedules::replace)
+                .delete(schedules::delete),
+        )
+        .route("/v1/schedules/{name}/pause", post(schedules::pause))
+        .route("/v1/schedules/{name}/resume", post(schedules::resume))
         .route_layer(middleware::from_fn_with_state(
             Duration::from_secs(config.request_timeout_secs),
             serve::request_timeout,
@@ -393,6 +419,13 @@ pub async fn run(
             .await
             .context("opening Object Store job_blobs")?,
         max_body_bytes: config.max_body_bytes,
+        schedules: js
+            .get_stream(layout::SCHEDULES_STREAM)
+            .await
+            .context("opening stream JOBS_SCHEDULES")?,
+        schedule_defs: open(layout::SCHEDULES_BUCKET).await?,
+        schedule_room: delay::ScheduleRoom::default(),
+        max_delay: Duration::from_secs(config.max_delay_secs),
         blob_limits: blobs::BlobLimits {
             max_bytes: config.max_blob_bytes,
             ttl: Duration::from_secs(config.blob_ttl_secs),
@@ -403,6 +436,7 @@ pub async fn run(
         webhook_allow: config.webhook_allow.clone(),
     }));
     tokio::spawn(blobs::sweep_forever(state.clone(), shutdown.clone()));
+    tokio::spawn(scheduler::run(state.clone(), shutdown.clone()));
     let app = router(state, &config);
     let listener = match listener {
         Some(listener) => listener,

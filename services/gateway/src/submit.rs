@@ -44,6 +44,17 @@ pub struct SubmitBody {
     pub callback_url: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_events: Option<Vec<CallbackEvent>>,
+    /// Run no earlier than this (RFC 3339); or `delay_secs` from now. Not both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_secs: Option<f64>,
+    /// Not started by this time (RFC 3339), or `expires_in_secs` after it could first
+    /// start, the job is cancelled. Not both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_secs: Option<f64>,
 }
 
 fn empty_object() -> Value {
@@ -85,13 +96,13 @@ pub struct Upload {
     pub sha256: String,
 }
 
-pub async fn submit(
+/// The checks of a job's body that need no payload validation: its kind is registered,
+/// its options are in range, its callback may be called. The kind's registration, for
+/// the payload check.
+pub(crate) async fn check_options(
     state: &AppState,
-    identity: Identity,
-    body: SubmitBody,
-    body_bytes: usize,
-    upload: Option<&Upload>,
-) -> Result<Accepted, ApiError> {
+    body: &SubmitBody,
+) -> Result<std::sync::Arc<crate::kinds::Registered>, ApiError> {
     let registered = match state.kinds.lookup(&body.kind).await {
         Ok(Some(registered)) => registered,
         Ok(None) => return Err(unknown_kind(state, &body.kind).await),
@@ -116,7 +127,20 @@ pub async fn submit(
             "timeout_secs must be between 1 and {MAX_TIMEOUT_SECS}, got {secs}"
         )));
     }
-    check_callback(state, &body)?;
+    check_callback(state, body)?;
+    Ok(registered)
+}
+
+pub async fn submit(
+    state: &AppState,
+    identity: Identity,
+    body: SubmitBody,
+    body_bytes: usize,
+    upload: Option<&Upload>,
+) -> Result<Accepted, ApiError> {
+    let registered = check_options(state, &body).await?;
+    let accepted_at = now();
+    let mut scheduling = crate::delay::timing(&body, accepted_at, state.max_delay)?;
 
     // Validating and fingerprinting a large payload is milliseconds of CPU: off the
     // runtime, like its parsing.
@@ -152,7 +176,7 @@ pub async fn submit(
         },
         None => None,
     };
-    let mut created_at = now();
+    let mut created_at = accepted_at;
     let fresh = matches!(identity, Identity::Fresh);
     let (id, claim_key, repeat) = match identity {
         Identity::Fresh => (JobId::new_v7(), None, false),
@@ -171,6 +195,7 @@ pub async fn submit(
                 }
                 ClaimOutcome::Held(held) if held.fingerprint == fingerprint => {
                     created_at = held.created_at;
+                    scheduling = crate::delay::timing(&body, created_at, state.max_delay)?;
                     (id, None, true)
                 }
                 ClaimOutcome::Held(_) => {
@@ -190,6 +215,7 @@ pub async fn submit(
                 ClaimOutcome::Won(revision) => (candidate, Some((key, revision)), false),
                 ClaimOutcome::Held(held) if held.fingerprint == fingerprint => {
                     created_at = held.created_at;
+                    scheduling = crate::delay::timing(&body, created_at, state.max_delay)?;
                     (held.job_id, None, true)
                 }
                 ClaimOutcome::Held(_) => {
@@ -233,10 +259,26 @@ pub async fn submit(
         prior_attempts: 0,
         callback_url: body.callback_url,
         callback_events: body.callback_events,
+        scheduling,
     };
+    // The expiry first: a job is never queued without it. Alone, it fires into a job
+    // that does not exist, which the scheduler ignores.
+    if let Err(failure) = crate::delay::schedule_expiry(state, &request).await {
+        if let Some((key, revision)) = claim_key {
+            release_claim(state, &key, revision).await;
+        }
+        return Err(failure.error);
+    }
     // The listing entry and the job go out together; the entry is written once per job
-    // (create-only on its subject), so a repeat never lists a job twice.
-    let (indexed, published) = tokio::join!(write_index(state, &request), publish(state, &request));
+    // (create-only on its subject), so a repeat never lists a job twice. A delayed job
+    // goes to its schedule instead of `JOBS`.
+    let (indexed, published) = tokio::join!(write_index(state, &request), async {
+        if request.scheduling.run_at.is_some() {
+            crate::delay::schedule_run(state, &request).await
+        } else {
+            publish(state, &request).await
+        }
+    });
     if let Err(failure) = published {
         // Free the id/key only when the server certainly stored nothing. After a timeout
         // the job may be queued: the claim must stay, so the client's retry with the same
@@ -266,7 +308,10 @@ pub async fn submit(
 }
 
 /// The payload fits its kind's schema, or the answer is a 422 that says where not.
-fn check_payload(registered: &crate::kinds::Registered, body: &SubmitBody) -> Result<(), ApiError> {
+pub(crate) fn check_payload(
+    registered: &crate::kinds::Registered,
+    body: &SubmitBody,
+) -> Result<(), ApiError> {
     let Err(errors) = registered.check(&body.payload) else {
         return Ok(());
     };
@@ -468,7 +513,7 @@ async fn claim(
 pub(crate) struct PublishFailure {
     pub error: ApiError,
     /// The server refused the message (or it never left): the job is certainly not queued.
-    nothing_stored: bool,
+    pub nothing_stored: bool,
 }
 
 /// Publishes a job request to `JOBS`, with `msg_id` as its deduplication id.
@@ -524,7 +569,7 @@ pub struct IndexEntry {
 
 /// Writes the job's listing entry, once: create-only on its own subject (a repeat of
 /// the submission, even after the duplicate window, finds it there).
-async fn write_index(state: &AppState, request: &JobRequest) -> Result<(), String> {
+pub(crate) async fn write_index(state: &AppState, request: &JobRequest) -> Result<(), String> {
     let entry = IndexEntry {
         id: request.id,
         kind: request.kind.clone(),
@@ -552,7 +597,10 @@ async fn write_index(state: &AppState, request: &JobRequest) -> Result<(), Strin
 /// How long the gateway keeps trying to write a queued job's first snapshot.
 const FIRST_SNAPSHOT_BUDGET: std::time::Duration = std::time::Duration::from_secs(8);
 
-async fn write_first_snapshot(state: &AppState, request: &JobRequest) -> Result<Bytes, ApiError> {
+pub(crate) async fn write_first_snapshot(
+    state: &AppState,
+    request: &JobRequest,
+) -> Result<Bytes, ApiError> {
     let snapshot = JobSnapshot::queued(request);
     let bytes: Bytes = serde_json::to_vec(&snapshot)
         .map_err(|e| ApiError::internal(e.to_string()))?

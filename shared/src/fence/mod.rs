@@ -106,9 +106,10 @@ pub fn plan(request: &JobRequest, last: Option<(u64, &JobEvent)>) -> Plan {
 }
 
 /// Whether a delivery may skip reading the job's events: a first delivery of a job that
-/// was never run has none (a `Nats-Expected-Last-Subject-Sequence` of 0 checks it).
+/// was never run has none (a `Nats-Expected-Last-Subject-Sequence` of 0 checks it). A
+/// delayed job has one, its `queued`, written when it left the schedule.
 pub fn needs_lookup(request: &JobRequest, delivered: u64) -> bool {
-    delivered > 1 || request.prior_attempts > 0
+    delivered > 1 || request.prior_attempts > 0 || request.scheduling.run_at.is_some()
 }
 
 #[cfg(test)]
@@ -130,6 +131,7 @@ mod tests {
             prior_attempts,
             callback_url: None,
             callback_events: None,
+            scheduling: Default::default(),
         }
     }
 

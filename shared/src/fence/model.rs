@@ -471,6 +471,7 @@ fn request(id: JobId, prior_attempts: u32) -> JobRequest {
         prior_attempts,
         callback_url: None,
         callback_events: None,
+        scheduling: Default::default(),
     }
 }
 

@@ -48,6 +48,12 @@ pub const BLOBS_BUCKET: &str = "job_blobs";
 pub const BLOBS_STREAM: &str = "OBJ_job_blobs";
 /// One small message per job, in creation order: what `GET /v1/jobs` pages over.
 pub const INDEX_STREAM: &str = "JOBS_INDEX";
+/// Delayed jobs, expiries and recurring schedules, kept by the broker (ADR-51).
+pub const SCHEDULES_STREAM: &str = "JOBS_SCHEDULES";
+/// Recurring schedules' definitions (`GET /v1/schedules`), key = name.
+pub const SCHEDULES_BUCKET: &str = "job_schedules";
+/// The consumer that turns firings into jobs; every gateway replica pulls from it.
+pub const SCHEDULER_CONSUMER: &str = "scheduler";
 pub const STATUS_CONSUMER: &str = "status-projector";
 pub const NOTIFIER_CONSUMER: &str = "notifier";
 
@@ -94,6 +100,11 @@ pub struct Layout {
     pub blobs_max_bytes: i64,
     /// `JOBS_INDEX` size; an entry is about 150 bytes.
     pub index_max_bytes: i64,
+    /// `JOBS_SCHEDULES` limits. It cannot be discard-new (the server refuses message
+    /// schedules on such a stream), so the gateway refuses new delayed jobs once it is
+    /// nearly full instead (`crate::layout::SCHEDULES_HEADROOM`).
+    pub schedules_max_msgs: i64,
+    pub schedules_max_bytes: i64,
     /// Processor consumers: how long a delivered job may go without an ack or heartbeat.
     pub ack_wait: Duration,
     pub max_ack_pending: i64,
@@ -131,6 +142,8 @@ impl Default for Layout {
             idempotency_max_bytes: GIB,
             blobs_max_bytes: 16 * GIB,
             index_max_bytes: GIB,
+            schedules_max_msgs: 1_000_000,
+            schedules_max_bytes: GIB,
             ack_wait: Duration::from_secs(30),
             max_ack_pending: 10_000,
             // Projecting an event takes milliseconds; what this bounds is how long an
@@ -272,6 +285,58 @@ impl Layout {
         }
     }
 
+    /// `JOBS_SCHEDULES`: delayed jobs (`jobs.at.<kind>.<id>`, `@at` schedules), expiries
+    /// (`jobs.expiry.<kind>.<id>`) and recurring schedules (`jobs.cron.<name>`), each a
+    /// message the server keeps time for and fires into the same stream
+    /// (`jobs.due.>`, `jobs.expired.>`, `jobs.fire.>`), where the gateways' `scheduler`
+    /// consumer takes them. Work-queue: a firing leaves when it is acked; the schedules
+    /// have no consumer, so nothing acks them away.
+    pub fn schedules_stream(&self) -> stream::Config {
+        stream::Config {
+            name: SCHEDULES_STREAM.into(),
+            description: Some(
+                "jetjobs delayed jobs, expiries and recurring schedules (ADR-51 message schedules) and their firings"
+                    .into(),
+            ),
+            subjects: subjects::SCHEDULES_ALL.map(String::from).to_vec(),
+            retention: RetentionPolicy::WorkQueue,
+            storage: self.storage,
+            num_replicas: self.replicas,
+            max_messages: self.schedules_max_msgs,
+            max_bytes: self.schedules_max_bytes,
+            // nats-server refuses message schedules on a discard-new stream; the gateway
+            // stops accepting delayed jobs well before the limits instead.
+            discard: DiscardPolicy::Old,
+            allow_message_schedules: true,
+            // Implied by schedules (each one is a rollup of its subject); said here so
+            // the config provisioning compares with is the one the server keeps.
+            allow_rollup: true,
+            allow_direct: true,
+            duplicate_window: self.duplicate_window,
+            metadata: owner("gateway schedules, nats-server fires, gateway's scheduler queues"),
+            ..Default::default()
+        }
+    }
+
+    pub fn scheduler_consumer(&self) -> consumer::pull::Config {
+        consumer::pull::Config {
+            durable_name: Some(SCHEDULER_CONSUMER.into()),
+            description: Some(
+                "jetjobs scheduler (every gateway replica): queues delayed jobs, cancels expired ones, makes recurring schedules' jobs"
+                    .into(),
+            ),
+            filter_subjects: subjects::FIRED.map(String::from).to_vec(),
+            ack_policy: AckPolicy::Explicit,
+            deliver_policy: DeliverPolicy::All,
+            ack_wait: Duration::from_secs(30),
+            max_deliver: -1,
+            max_ack_pending: 10_000,
+            num_replicas: self.replicas,
+            metadata: owner("gateway"),
+            ..Default::default()
+        }
+    }
+
     /// The stream of Object Store bucket `job_blobs`, as async-nats creates it (so
     /// `nats object` reads it), with jetjobs' limits. Blobs outlive the snapshots of the
     /// jobs that use them by a day; the gateway deletes earlier the ones no job
@@ -406,6 +471,13 @@ impl Layout {
                 64 << 20,
             ),
             bucket(
+                SCHEDULES_BUCKET,
+                "jetjobs recurring schedules, key = name",
+                1,
+                Duration::ZERO,
+                64 << 20,
+            ),
+            bucket(
                 IDEMPOTENCY_BUCKET,
                 "jetjobs claims on job ids and Idempotency-Keys",
                 1,
@@ -452,6 +524,9 @@ mod tests {
             assert_eq!(stream.discard, DiscardPolicy::New, "{}", stream.name);
             assert!(stream.max_bytes > 0, "{} is unbounded", stream.name);
         }
+        // The one exception, forced by the server; bounded all the same.
+        let schedules = layout.schedules_stream();
+        assert!(schedules.max_bytes > 0 && schedules.max_messages > 0);
         for bucket in layout.buckets() {
             assert!(bucket.max_bytes > 0, "{} is unbounded", bucket.bucket);
         }

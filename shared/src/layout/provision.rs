@@ -9,7 +9,7 @@ use async_nats::jetstream::{
     stream::{self, DiscardPolicy},
 };
 
-use super::{EVENTS_STREAM, JOBS_STREAM, Layout, STATUS_BUCKET, bucket_stream};
+use super::{EVENTS_STREAM, JOBS_STREAM, Layout, SCHEDULES_STREAM, STATUS_BUCKET, bucket_stream};
 
 /// A store this full (of its `max_bytes` or `max_msgs`) when provisioning changes it is
 /// worth a warning: discard-new means it is about to refuse writes.
@@ -165,6 +165,7 @@ pub async fn provision(
         layout.dead_stream(),
         layout.index_stream(),
         layout.blobs_stream(),
+        layout.schedules_stream(),
     ] {
         ensure_stream(js, config, &mut report).await?;
     }
@@ -182,6 +183,13 @@ pub async fn provision(
         .await?;
     }
     ensure_consumer(js, EVENTS_STREAM, layout.status_consumer(), &mut report).await?;
+    ensure_consumer(
+        js,
+        SCHEDULES_STREAM,
+        layout.scheduler_consumer(),
+        &mut report,
+    )
+    .await?;
     ensure_consumer(js, EVENTS_STREAM, layout.notifier_consumer(), &mut report).await?;
     Ok(report)
 }

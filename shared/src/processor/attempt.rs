@@ -203,6 +203,12 @@ impl Runtime {
                 self.nak(&delivery.message, None).await;
                 return;
             };
+            // Checked with the run slot in hand, right before `started`: a job that waited
+            // for a slot past its expiry must not start either.
+            if fence.attempt == 1 && request.scheduling.expired(crate::job::now()) {
+                drop(slot);
+                return self.expire(&delivery, &mut fence).await;
+            }
             // Registered before `started` is stored, so a cancellation sent right after
             // cannot miss this run.
             let cancelled_by_client = self.cancellations.register(request.id);
@@ -308,6 +314,29 @@ impl Runtime {
                 ended_as("unconfirmed", None);
                 false
             }
+        }
+    }
+
+    /// A job that was not started before its `expires_at` ends `cancelled` without
+    /// running. Fenced like any claim: if the job was cancelled, or expired by the
+    /// scheduler, meanwhile, this write is refused and the delivery is only acked.
+    async fn expire(&self, delivery: &Delivery, fence: &mut Fence) {
+        let request = &delivery.request;
+        let expires_at = request
+            .scheduling
+            .expires_at
+            .map_or_else(String::new, |at| at.to_rfc3339());
+        let event = JobEvent::new(
+            request,
+            request.prior_attempts,
+            Change::Cancelled {
+                reason: format!("expired: not started by {expires_at}"),
+            },
+        );
+        if self.claim(delivery, fence, &event).await {
+            tracing::info!(%expires_at, "Job expired before it started; cancelled.");
+            ended_as("expired", None);
+            self.ack(&delivery.message).await;
         }
     }
 

@@ -158,6 +158,7 @@ impl Runtime {
                 prior_attempts: 0,
                 callback_url: None,
                 callback_events: None,
+                scheduling: Default::default(),
             };
             // Fenced like every write on the job's subject: a job that something else
             // already ended keeps its end.

@@ -129,6 +129,7 @@ impl Harness {
             prior_attempts: 0,
             callback_url: None,
             callback_events: None,
+            scheduling: Default::default(),
         };
         self.js
             .publish(

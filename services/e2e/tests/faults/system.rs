@@ -20,7 +20,11 @@ pub use jetjobs_e2e::system::{
 pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
         .pool_idle_timeout(Duration::from_millis(500))
-        .timeout(Duration::from_secs(20))
+        // Above the gateway's request timeout (30 s): the gateway answers every request
+        // within it (a 503 at worst), so a client that gave up first would report "no
+        // answer" for a request the gateway was still bound to answer. It did, once, on
+        // a loaded CI machine with the disk full.
+        .timeout(Duration::from_secs(45))
         .build()
         .expect("HTTP client")
 }

@@ -19,6 +19,7 @@ mod read_your_writes;
 mod rebuild;
 mod results;
 mod saturation;
+mod scheduling;
 mod sse;
 mod sse_client;
 mod uploads;

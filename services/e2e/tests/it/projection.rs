@@ -72,6 +72,7 @@ async fn shuffled_and_repeated_events_end_in_the_right_state_without_regressions
             prior_attempts: 0,
             callback_url: None,
             callback_events: None,
+            scheduling: Default::default(),
         })
         .collect();
 

@@ -170,6 +170,7 @@ pub fn request(kind: &str) -> JobRequest {
         prior_attempts: 0,
         callback_url: None,
         callback_events: None,
+        scheduling: Default::default(),
     }
 }
 

@@ -225,6 +225,7 @@ async fn a_rebuild_repairs_the_live_bucket_in_place() {
         prior_attempts: 0,
         callback_url: None,
         callback_events: None,
+        scheduling: Default::default(),
     };
     let stale = serde_json::to_vec(&JobSnapshot::queued(&request)).expect("encode");
     bucket.put(keys[3], stale.into()).await.expect("set back");
