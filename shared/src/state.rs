@@ -629,6 +629,97 @@ mod tests {
         assert_eq!(snap.result, Some(json!({"ok": true})));
     }
 
+    fn delayed() -> JobRequest {
+        let mut req = request();
+        req.scheduling.run_at = Some(req.created_at + chrono::TimeDelta::seconds(5));
+        req.scheduling.expires_at = Some(req.created_at + chrono::TimeDelta::seconds(60));
+        req
+    }
+
+    #[test]
+    fn a_delayed_job_goes_scheduled_queued_running_succeeded() {
+        let req = delayed();
+        let scheduled = JobSnapshot::queued(&req);
+        assert_eq!(scheduled.state, JobState::Scheduled);
+        assert_eq!(scheduled.run_at, req.scheduling.run_at);
+        let queued = apply(Some(&scheduled), &ev(&req, 0, Change::Queued)).expect("queued");
+        assert_eq!((queued.state, queued.attempt), (JobState::Queued, 0));
+        let snap = run(
+            &req,
+            &[
+                ev(&req, 0, Change::Queued),
+                ev(&req, 1, Change::Started),
+                ev(&req, 1, succeeded()),
+            ],
+        );
+        assert_eq!(snap.state, JobState::Succeeded);
+        assert_eq!(snap.run_at, req.scheduling.run_at, "run_at stays");
+        assert_eq!(snap.expires_at, req.scheduling.expires_at);
+    }
+
+    #[test]
+    fn a_late_queued_never_moves_a_delayed_job_back() {
+        let req = delayed();
+        let running = run(
+            &req,
+            &[ev(&req, 0, Change::Queued), ev(&req, 1, Change::Started)],
+        );
+        assert_eq!(
+            apply(Some(&running), &ev(&req, 0, Change::Queued)),
+            Err(Skip::StaleAttempt)
+        );
+        // Out of order from the start: `started` first, then the schedule's `queued`.
+        let snap = run(
+            &req,
+            &[ev(&req, 1, Change::Started), ev(&req, 0, Change::Queued)],
+        );
+        assert_eq!(snap.state, JobState::Running);
+        let queued_twice = run(&req, &[ev(&req, 0, Change::Queued)]);
+        assert_eq!(
+            apply(Some(&queued_twice), &ev(&req, 0, Change::Queued)),
+            Err(Skip::NotNewer)
+        );
+    }
+
+    #[test]
+    fn a_scheduled_job_can_be_cancelled_and_then_never_queues() {
+        let req = delayed();
+        let cancelled = run(
+            &req,
+            &[ev(
+                &req,
+                0,
+                Change::Cancelled {
+                    reason: "expired: not started by then".into(),
+                },
+            )],
+        );
+        assert_eq!(cancelled.state, JobState::Cancelled);
+        assert_eq!(
+            cancelled.error.as_deref(),
+            Some("expired: not started by then")
+        );
+        assert_eq!(
+            apply(Some(&cancelled), &ev(&req, 0, Change::Queued)),
+            Err(Skip::Terminal)
+        );
+    }
+
+    #[test]
+    fn a_snapshot_built_from_events_alone_knows_its_schedule() {
+        let mut req = request();
+        req.scheduling.schedule = Some("nightly".into());
+        let snap = apply(None, &ev(&req, 1, Change::Started)).expect("created");
+        assert_eq!(snap.schedule.as_deref(), Some("nightly"));
+        assert_eq!(snap, {
+            let mut from_request = JobSnapshot::queued(&req);
+            from_request =
+                apply(Some(&from_request), &ev(&req, 1, Change::Started)).expect("started");
+            from_request.updated_at = snap.updated_at;
+            from_request
+        });
+    }
+
     #[test]
     fn an_event_for_a_missing_snapshot_creates_it() {
         let req = request();

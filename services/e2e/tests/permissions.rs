@@ -472,6 +472,69 @@ async fn every_service_works_under_its_own_user() {
     .await;
     assert!(cancelled.is_some(), "job {id} was not cancelled");
 
+    // Scheduling: a delayed, expiring job runs (the scheduler pulls its firing under the
+    // gateway's user); another is cancelled while scheduled (its schedules purged); a
+    // recurring schedule is created, fires, is paused, listed and deleted.
+    let mut delayed = Vec::new();
+    for _ in 0..2 {
+        let response = http
+            .post(format!("{base}/v1/jobs"))
+            .json(&json!({"kind": "noop", "payload": {}, "delay_secs": 1, "expires_in_secs": 30}))
+            .send()
+            .await
+            .expect("POST delayed");
+        assert_eq!(response.status(), 202, "a delayed job");
+        let body: Value = response.json().await.expect("snapshot");
+        delayed.push(body["id"].as_str().expect("id").to_string());
+    }
+    let response = http
+        .delete(format!("{base}/v1/jobs/{}", delayed[1]))
+        .send()
+        .await
+        .expect("DELETE scheduled");
+    assert_eq!(response.status(), 200, "cancel a scheduled job");
+    let ran = eventually(WAIT, || async {
+        let response = http
+            .get(format!("{base}/v1/jobs/{}", delayed[0]))
+            .send()
+            .await
+            .ok()?;
+        let body: Value = response.json().await.ok()?;
+        (body["state"] == "succeeded").then_some(())
+    })
+    .await;
+    assert!(ran.is_some(), "the delayed job did not run");
+    let response = http
+        .post(format!("{base}/v1/schedules"))
+        .json(&json!({"name": "perm", "every": "1s", "job": {"kind": "noop", "payload": {}}}))
+        .send()
+        .await
+        .expect("POST /v1/schedules");
+    assert_eq!(response.status(), 201, "create a schedule");
+    let fired = eventually(WAIT, || async {
+        let response = http
+            .get(format!("{base}/v1/schedules/perm"))
+            .send()
+            .await
+            .ok()?;
+        let body: Value = response.json().await.ok()?;
+        (!body["last_jobs"].as_array()?.is_empty()).then_some(())
+    })
+    .await;
+    assert!(fired.is_some(), "the schedule made no job");
+    for (method, path, expected) in [
+        (reqwest::Method::POST, "/v1/schedules/perm/pause", 200),
+        (reqwest::Method::GET, "/v1/schedules", 200),
+        (reqwest::Method::DELETE, "/v1/schedules/perm", 204),
+    ] {
+        let response = http
+            .request(method, format!("{base}{path}"))
+            .send()
+            .await
+            .expect("schedule request");
+        assert_eq!(response.status(), expected, "{path}");
+    }
+
     shutdown.cancel();
     for task in tasks {
         task.await.expect("service task");

@@ -161,6 +161,23 @@ mod tests {
     }
 
     #[test]
+    fn a_delayed_job_runs_its_first_attempt_after_its_queued_event() {
+        let mut r = request(0);
+        r.scheduling.run_at = Some(now());
+        // Its first delivery already has an event (`queued`, from the scheduler): a
+        // claim on an empty subject would be refused and the job never run.
+        assert!(needs_lookup(&r, 1));
+        let queued = event(&r, 0, Change::Queued);
+        assert_eq!(
+            plan(&r, Some((4, &queued))),
+            Plan::Run {
+                fence: Fence { attempt: 1, seq: 4 },
+                requeue: false
+            }
+        );
+    }
+
+    #[test]
     fn a_redelivery_continues_after_the_last_run() {
         let r = request(0);
         let started = event(&r, 1, Change::Started);

@@ -17,11 +17,12 @@ fn position(snapshot: &Value) -> (u64, u8) {
     let attempt = snapshot["attempt"].as_u64().unwrap_or_default();
     let step = match snapshot["state"].as_str().unwrap_or_default() {
         // Queued again after a failed attempt (a retry) comes after that attempt's end.
-        "queued" if attempt > 0 => 4,
-        "queued" => 0,
-        "running" => 1,
-        "retrying" => 2,
-        _ => 3,
+        "queued" if attempt > 0 => 5,
+        "scheduled" => 0,
+        "queued" => 1,
+        "running" => 2,
+        "retrying" => 3,
+        _ => 4,
     };
     (attempt, step)
 }

@@ -21,6 +21,7 @@ mod crashes;
 mod failures;
 mod idempotency;
 mod interrupt;
+mod scheduled;
 mod system;
 
 /// Scenarios kill processes and load the machine on purpose; running two at once would

@@ -131,10 +131,11 @@ async fn history_regressions(status: &kv::Store, id: &str) -> usize {
         };
         let state = snapshot["state"].as_str().unwrap_or_default().to_string();
         let rank = match state.as_str() {
-            "queued" => 0,
-            "running" => 1,
-            "retrying" => 2,
-            _ => 3,
+            "scheduled" => 0,
+            "queued" => 1,
+            "running" => 2,
+            "retrying" => 3,
+            _ => 4,
         };
         let attempt = snapshot["attempt"].as_u64().unwrap_or_default();
         if let Some((last_attempt, last_rank, last_state)) = &last {

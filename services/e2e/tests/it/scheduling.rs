@@ -496,3 +496,62 @@ async fn schedules_are_checked_before_anything_is_stored() {
         "one message per schedule"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_gateways_make_one_job_per_firing_not_three() {
+    let system = System::start().await;
+    // Two more gateway replicas: three scheduler consumers' worth of pullers on the one
+    // durable consumer.
+    let url = system.nats.url();
+    let _more: Vec<_> = (0..2)
+        .map(|_| jetjobs_e2e::system::start_gateway(jetjobs_gateway::Config::local(&url)))
+        .collect();
+    let response = schedules(
+        &system,
+        reqwest::Method::POST,
+        "/v1/schedules",
+        Some(
+            json!({"name": "every-second", "every": "1s", "job": {"kind": "noop", "payload": {}}}),
+        ),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let started = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let pause = schedules(
+        &system,
+        reqwest::Method::POST,
+        "/v1/schedules/every-second/pause",
+        None,
+    )
+    .await;
+    assert_eq!(pause.status(), StatusCode::OK);
+    let elapsed = started.elapsed().as_secs();
+    // Whatever fired before the pause has been handled after a moment.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let page: Value = system
+        .http
+        .get(system.url("/v1/jobs?kind=noop&limit=100"))
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("page");
+    let made: Vec<&Value> = page["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .filter(|job| job["schedule"] == "every-second")
+        .collect();
+    // One a second: at most one per second elapsed (plus the one due at the start).
+    assert!(
+        (elapsed.saturating_sub(2) as usize..=elapsed as usize + 1).contains(&made.len()),
+        "{} jobs in {elapsed} s",
+        made.len()
+    );
+    let mut ids: Vec<&str> = made.iter().filter_map(|job| job["id"].as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), made.len());
+}
