@@ -167,11 +167,47 @@ pub struct Scheduling {
     /// The recurring schedule whose firing made the job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
+    #[serde(default, skip_serializing_if = "Priority::is_normal")]
+    pub priority: Priority,
+}
+
+/// Which waiting jobs a processor takes first. Each priority has its own subject in
+/// `JOBS` (`jobs.submit.<kind>.<id>`, `….high`, `….low`) and its own consumer, so the
+/// broker keeps them apart and the processor chooses: `high` before anything else,
+/// `low` only when nothing else waits (or it has waited too long).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    High,
+    #[default]
+    Normal,
+    Low,
+}
+
+impl Priority {
+    pub const ALL: [Self; 3] = [Self::High, Self::Normal, Self::Low];
+
+    pub fn is_normal(&self) -> bool {
+        *self == Self::Normal
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::High => "high",
+            Self::Normal => "normal",
+            Self::Low => "low",
+        }
+    }
 }
 
 impl Scheduling {
     pub fn is_empty(&self) -> bool {
-        self.run_at.is_none() && self.expires_at.is_none() && self.schedule.is_none()
+        self.run_at.is_none()
+            && self.expires_at.is_none()
+            && self.schedule.is_none()
+            && self.priority.is_normal()
     }
 
     /// Whether the job has expired at `now` (it may still be running: expiry only stops

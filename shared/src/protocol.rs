@@ -36,7 +36,7 @@ pub fn job_message(
     headers.insert(headers::KIND, request.kind.as_str());
     headers.insert(headers::JOB_ID, request.id.to_string().as_str());
     Ok(Outgoing {
-        subject: subjects::submit(&request.kind, request.id),
+        subject: subjects::submit(&request.kind, request.id, request.scheduling.priority),
         headers,
         payload: payload.into(),
     })

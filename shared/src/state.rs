@@ -112,6 +112,8 @@ pub struct JobSnapshot {
     /// The recurring schedule that made the job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
+    #[serde(default, skip_serializing_if = "crate::job::Priority::is_normal")]
+    pub priority: crate::job::Priority,
 }
 
 /// A result stored in Object Store `job_blobs` instead of inline (claim-check).
@@ -160,6 +162,7 @@ impl JobSnapshot {
         self.run_at = scheduling.run_at;
         self.expires_at = scheduling.expires_at;
         self.schedule.clone_from(&scheduling.schedule);
+        self.priority = scheduling.priority;
     }
 
     /// Where the job stands: `(attempt, step within it)`. A job queued again after
@@ -192,6 +195,7 @@ impl JobSnapshot {
             run_at: None,
             expires_at: None,
             schedule: None,
+            priority: crate::job::Priority::Normal,
         }
     }
 }
@@ -516,7 +520,11 @@ fn advance(current: Option<&JobSnapshot>, event: &JobEvent) -> Result<JobSnapsho
     };
 
     let mut next = base;
-    if next.run_at.is_none() && next.expires_at.is_none() && next.schedule.is_none() {
+    if next.run_at.is_none()
+        && next.expires_at.is_none()
+        && next.schedule.is_none()
+        && next.priority.is_normal()
+    {
         next.set_scheduling(&event.scheduling);
     }
     if next.callback_url.is_none() {

@@ -3,19 +3,29 @@
 //! Subjects are lower case, namespace first, identifiers last, so an operator can
 //! filter with wildcards: `nats sub 'jobs.events.hash.>'`.
 
-use crate::job::{JobId, Kind};
+use crate::job::{JobId, Kind, Priority};
 
 /// `jobs.submit.<kind>.<id>`: a job request, on stream `JOBS`.
 ///
 /// One subject per job lets `JOBS` hold at most one message per job
 /// (`max_msgs_per_subject: 1` with discard-new), so however a submission is retried,
 /// a job is never queued twice; and an operator can find a waiting job by its id.
-pub fn submit(kind: &Kind, id: JobId) -> String {
-    format!("jobs.submit.{kind}.{id}")
+///
+/// A `high` or `low` job has the priority as a fifth token (`jobs.submit.<kind>.<id>.high`),
+/// which the normal filter `jobs.submit.<kind>.*` does not match: each priority has its
+/// own consumer.
+pub fn submit(kind: &Kind, id: JobId, priority: Priority) -> String {
+    match priority {
+        Priority::Normal => format!("jobs.submit.{kind}.{id}"),
+        other => format!("jobs.submit.{kind}.{id}.{}", other.as_str()),
+    }
 }
-/// The jobs of one kind: a processor consumer's filter.
-pub fn submit_filter(kind: &Kind) -> String {
-    format!("jobs.submit.{kind}.*")
+/// The jobs of one kind and priority: a processor consumer's filter.
+pub fn submit_filter(kind: &Kind, priority: Priority) -> String {
+    match priority {
+        Priority::Normal => format!("jobs.submit.{kind}.*"),
+        other => format!("jobs.submit.{kind}.*.{}", other.as_str()),
+    }
 }
 pub const SUBMIT_ALL: &str = "jobs.submit.>";
 

@@ -54,6 +54,8 @@ pub struct Options {
     pub layout: fn(&mut Layout),
     /// Changes to the gateway's configuration (timeouts, limits) before it starts.
     pub gateway: fn(&mut jetjobs_gateway::Config),
+    /// The processors' `JETJOBS_LOW_PRIORITY_MAX_WAIT_SECS`.
+    pub low_priority_max_wait_secs: u64,
 }
 
 /// The in-process notifier's settings.
@@ -115,6 +117,7 @@ impl Default for Options {
             inline_result_max_bytes: 64 * 1024,
             layout: |_| {},
             gateway: |_| {},
+            low_priority_max_wait_secs: 300,
         }
     }
 }
@@ -169,12 +172,24 @@ impl Services {
         let gc = options.group_commit;
         let status = options.run_status.then(|| start_status_with(url, gc));
         let inline = options.inline_result_max_bytes;
-        let io = options
-            .run_io
-            .then(|| processor_io(url, options.io_concurrency, gc, inline));
-        let cpu = options
-            .run_cpu
-            .then(|| processor_cpu(url, options.cpu_concurrency, gc, inline));
+        let io = options.run_io.then(|| {
+            processor_io(
+                url,
+                options.io_concurrency,
+                gc,
+                inline,
+                options.low_priority_max_wait_secs,
+            )
+        });
+        let cpu = options.run_cpu.then(|| {
+            processor_cpu(
+                url,
+                options.cpu_concurrency,
+                gc,
+                inline,
+                options.low_priority_max_wait_secs,
+            )
+        });
         let mut notifier_admin = None;
         let notifier = options.run_notifier.then(|| {
             let mut config = notifier_config(url, &options.notifier);
@@ -417,9 +432,12 @@ fn processor_args<'a>(
     concurrency: &'a str,
     group_commit: bool,
     inline_result_max_bytes: &'a str,
-) -> [&'a str; 13] {
+    low_max_wait: &'a str,
+) -> [&'a str; 15] {
     [
         name,
+        "--low-priority-max-wait-secs",
+        low_max_wait,
         "--inline-result-max-bytes",
         inline_result_max_bytes,
         "--nats-url",
@@ -436,18 +454,26 @@ fn processor_args<'a>(
 }
 
 pub fn start_processor_io(url: &str, concurrency: usize, group_commit: bool) -> Component {
-    processor_io(url, concurrency, group_commit, 64 * 1024)
+    processor_io(url, concurrency, group_commit, 64 * 1024, 300)
 }
 
-fn processor_io(url: &str, concurrency: usize, group_commit: bool, inline: usize) -> Component {
+fn processor_io(
+    url: &str,
+    concurrency: usize,
+    group_commit: bool,
+    inline: usize,
+    low_max_wait: u64,
+) -> Component {
     let concurrency = concurrency.to_string();
     let inline = inline.to_string();
+    let low_max_wait = low_max_wait.to_string();
     let config = jetjobs_processor_io::Config::parse_from(processor_args(
         "jetjobs-processor-io",
         url,
         &concurrency,
         group_commit,
         &inline,
+        &low_max_wait,
     ));
     Component::spawn("processor-io", move |shutdown| {
         jetjobs_processor_io::run(config, shutdown)
@@ -455,18 +481,26 @@ fn processor_io(url: &str, concurrency: usize, group_commit: bool, inline: usize
 }
 
 pub fn start_processor_cpu(url: &str, concurrency: usize, group_commit: bool) -> Component {
-    processor_cpu(url, concurrency, group_commit, 64 * 1024)
+    processor_cpu(url, concurrency, group_commit, 64 * 1024, 300)
 }
 
-fn processor_cpu(url: &str, concurrency: usize, group_commit: bool, inline: usize) -> Component {
+fn processor_cpu(
+    url: &str,
+    concurrency: usize,
+    group_commit: bool,
+    inline: usize,
+    low_max_wait: u64,
+) -> Component {
     let concurrency = concurrency.to_string();
     let inline = inline.to_string();
+    let low_max_wait = low_max_wait.to_string();
     let config = jetjobs_processor_cpu::Config::parse_from(processor_args(
         "jetjobs-processor-cpu",
         url,
         &concurrency,
         group_commit,
         &inline,
+        &low_max_wait,
     ));
     Component::spawn("processor-cpu", move |shutdown| {
         jetjobs_processor_cpu::run(config, shutdown)

@@ -236,6 +236,7 @@ impl Job {
                 run_at: self.current.run_at,
                 expires_at: self.current.expires_at,
                 schedule: self.current.schedule.clone(),
+                priority: self.current.priority,
             },
             change,
         }

@@ -92,6 +92,7 @@ pub fn timing(
         run_at,
         expires_at,
         schedule: None,
+        priority: body.priority.unwrap_or_default(),
     })
 }
 

@@ -674,6 +674,7 @@ pub async fn fired(state: &AppState, name: &str, message: &jetstream::Message) -
             .unwrap_or(jetjobs::kinds::DEFAULT_MAX_ATTEMPTS),
         Err(_) => return false,
     };
+    let priority = job.priority.unwrap_or_default();
     let expires_at = job.expires_in_secs.map(|secs| {
         fired_at + chrono::TimeDelta::microseconds((secs * 1e6).min(i64::MAX as f64) as i64)
     });
@@ -691,6 +692,7 @@ pub async fn fired(state: &AppState, name: &str, message: &jetstream::Message) -
             run_at: None,
             expires_at,
             schedule: Some(template.name),
+            priority,
         },
     };
     if crate::delay::schedule_expiry(state, &request)

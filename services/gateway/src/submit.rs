@@ -55,6 +55,9 @@ pub struct SubmitBody {
     pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_in_secs: Option<f64>,
+    /// `high`, `normal` (the default) or `low`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<jetjobs::job::Priority>,
 }
 
 fn empty_object() -> Value {

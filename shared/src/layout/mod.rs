@@ -25,7 +25,7 @@ use async_nats::jetstream::{
     stream::{self, DiscardPolicy, RetentionPolicy, StorageType},
 };
 
-use crate::job::Kind;
+use crate::job::{Kind, Priority};
 use crate::subjects;
 
 pub use processors::{
@@ -370,10 +370,23 @@ impl Layout {
     }
 
     pub fn processor_consumer(&self, spec: &ProcessorSpec) -> consumer::pull::Config {
+        self.processor_consumer_for(spec, Priority::Normal)
+    }
+
+    /// The consumer of `spec`'s jobs of one priority (a processor pulls from all three).
+    pub fn processor_consumer_for(
+        &self,
+        spec: &ProcessorSpec,
+        priority: Priority,
+    ) -> consumer::pull::Config {
+        let lane = match priority {
+            Priority::Normal => String::new(),
+            other => format!(", {} priority", other.as_str()),
+        };
         consumer::pull::Config {
-            durable_name: Some(spec.name.clone()),
+            durable_name: Some(spec.consumer_name(priority)),
             description: Some(format!(
-                "jetjobs processor {} (kinds: {})",
+                "jetjobs processor {} (kinds: {}{lane})",
                 spec.name,
                 spec.kinds
                     .iter()
@@ -381,7 +394,7 @@ impl Layout {
                     .collect::<Vec<_>>()
                     .join(", ")
             )),
-            filter_subjects: spec.filter_subjects(),
+            filter_subjects: spec.filter_subjects_for(priority),
             ack_policy: AckPolicy::Explicit,
             deliver_policy: DeliverPolicy::All,
             ack_wait: self.ack_wait,

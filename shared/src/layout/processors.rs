@@ -6,7 +6,7 @@
 //! handlers are exactly these kinds. A new processor is a line here (and its crate, and
 //! its user in `deploy/nats/auth.conf`); a new kind is a word in its processor's line.
 
-use crate::job::Kind;
+use crate::job::{Kind, Priority};
 use crate::subjects;
 
 /// The processor for I/O-bound kinds.
@@ -52,10 +52,28 @@ impl ProcessorSpec {
         }
     }
 
+    /// The normal-priority jobs of its kinds: its main consumer's filter.
     pub fn filter_subjects(&self) -> Vec<String> {
-        let mut subjects: Vec<String> = self.kinds.iter().map(subjects::submit_filter).collect();
+        self.filter_subjects_for(Priority::Normal)
+    }
+
+    pub fn filter_subjects_for(&self, priority: Priority) -> Vec<String> {
+        let mut subjects: Vec<String> = self
+            .kinds
+            .iter()
+            .map(|kind| subjects::submit_filter(kind, priority))
+            .collect();
         subjects.sort();
         subjects
+    }
+
+    /// The durable consumer of its jobs of `priority`: `processor-io`, `processor-io-high`,
+    /// `processor-io-low`.
+    pub fn consumer_name(&self, priority: Priority) -> String {
+        match priority {
+            Priority::Normal => self.name.clone(),
+            other => format!("{}-{}", self.name, other.as_str()),
+        }
     }
 }
 

@@ -174,13 +174,15 @@ pub async fn provision(
     }
     ensure_atomic_bucket(js, STATUS_BUCKET, &mut report).await?;
     for spec in &layout.processors {
-        ensure_consumer(
-            js,
-            JOBS_STREAM,
-            layout.processor_consumer(spec),
-            &mut report,
-        )
-        .await?;
+        for priority in crate::job::Priority::ALL {
+            ensure_consumer(
+                js,
+                JOBS_STREAM,
+                layout.processor_consumer_for(spec, priority),
+                &mut report,
+            )
+            .await?;
+        }
     }
     ensure_consumer(js, EVENTS_STREAM, layout.status_consumer(), &mut report).await?;
     ensure_consumer(

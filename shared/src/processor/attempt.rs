@@ -195,7 +195,7 @@ impl Runtime {
         let work = async {
             // A run slot first: a job waiting for one is still `queued`.
             let slot = tokio::select! {
-                slot = Arc::clone(&self.run_slots).acquire_owned() => slot.ok(),
+                slot = self.run_slots.acquire(self.slot_priority(&delivery)) => slot.ok(),
                 () = self.stop_starting.cancelled() => None,
             };
             let Some(slot) = slot else {
@@ -314,6 +314,29 @@ impl Runtime {
                 ended_as("unconfirmed", None);
                 false
             }
+        }
+    }
+
+    /// The priority a delivery waits for its run slot with: a low job that has waited
+    /// in `JOBS` past `low_priority_max_wait_secs` (the low lane took it for that
+    /// reason) waits like a normal one, or the normal jobs held here would starve it.
+    fn slot_priority(&self, delivery: &Delivery) -> crate::job::Priority {
+        use crate::job::Priority;
+        let priority = delivery.request.scheduling.priority;
+        if priority != Priority::Low {
+            return priority;
+        }
+        let max_wait = Duration::from_secs(self.config.low_priority_max_wait_secs);
+        let waited = delivery.message.info().ok().and_then(|info| {
+            let nanos = u64::try_from(info.published.unix_timestamp_nanos()).ok()?;
+            (std::time::UNIX_EPOCH + Duration::from_nanos(nanos))
+                .elapsed()
+                .ok()
+        });
+        if waited.is_some_and(|waited| waited >= max_wait) {
+            Priority::Normal
+        } else {
+            Priority::Low
         }
     }
 

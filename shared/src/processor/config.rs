@@ -48,6 +48,14 @@ pub struct RuntimeConfig {
     /// referenced from the job (`result_ref`) instead of travelling in the event.
     #[arg(long, env = "JETJOBS_INLINE_RESULT_MAX_BYTES", default_value_t = 64 * 1024)]
     pub inline_result_max_bytes: usize,
+    /// A low-priority job runs only when nothing else waits, unless it has waited this
+    /// many seconds: then it is taken next regardless.
+    #[arg(
+        long,
+        env = "JETJOBS_LOW_PRIORITY_MAX_WAIT_SECS",
+        default_value_t = 300
+    )]
+    pub low_priority_max_wait_secs: u64,
     #[command(flatten)]
     pub admin: crate::metrics::AdminArgs,
 }
@@ -66,6 +74,7 @@ impl Default for RuntimeConfig {
             group_commit: false,
             group_commit_min: 5,
             inline_result_max_bytes: 64 * 1024,
+            low_priority_max_wait_secs: 300,
             admin: crate::metrics::AdminArgs::default(),
         }
     }

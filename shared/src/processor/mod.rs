@@ -24,13 +24,13 @@ mod handler;
 mod keepalive;
 mod pull;
 mod runtime;
+mod slots;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::PullConsumer};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 pub use config::RuntimeConfig;
@@ -39,7 +39,7 @@ use handler::ErasedHandler;
 pub use handler::{Handler, JobContext, JobError, KindDef, constrain, schema_of};
 pub(crate) use runtime::panic_message;
 
-use crate::job::Kind;
+use crate::job::{Kind, Priority};
 use crate::kinds::{self, KindInfo};
 use crate::layout::{self, ProcessorSpec, Requirement};
 use crate::metrics::{ConsumerGauges, Exposition, JobMetrics, Registry};
@@ -189,17 +189,36 @@ impl Processor {
                     stream: layout::JOBS_STREAM,
                     name: self.name.clone(),
                 },
+                Requirement::Consumer {
+                    stream: layout::JOBS_STREAM,
+                    name: self.spec().consumer_name(Priority::High),
+                },
+                Requirement::Consumer {
+                    stream: layout::JOBS_STREAM,
+                    name: self.spec().consumer_name(Priority::Low),
+                },
             ],
         )
         .await?;
         let nats = |e: &dyn std::fmt::Display| RuntimeError::Nats(e.to_string());
-        let consumer: PullConsumer = js
+        let jobs = js
             .get_stream(layout::JOBS_STREAM)
             .await
-            .map_err(|e| nats(&e))?
-            .get_consumer(&self.name)
-            .await
             .map_err(|e| nats(&e))?;
+        let lane = |priority| {
+            let (jobs, name) = (&jobs, self.spec().consumer_name(priority));
+            async move {
+                jobs.get_consumer::<jetstream::consumer::pull::Config>(&name)
+                    .await
+                    .map_err(|e| nats(&e))
+            }
+        };
+        let lanes = pull::Lanes {
+            high: lane(Priority::High).await?,
+            normal: lane(Priority::Normal).await?,
+            low: lane(Priority::Low).await?,
+        };
+        let consumer: &PullConsumer = &lanes.normal;
         let consumer_config = &consumer.cached_info().config;
         let mut filters = consumer_config.filter_subjects.clone();
         filters.push(consumer_config.filter_subject.clone());
@@ -244,7 +263,15 @@ impl Processor {
         let consumers = ConsumerGauges::register(
             &mut registry,
             js.clone(),
-            vec![(layout::JOBS_STREAM.to_string(), self.name.clone())],
+            Priority::ALL
+                .iter()
+                .map(|p| {
+                    (
+                        layout::JOBS_STREAM.to_string(),
+                        self.spec().consumer_name(*p),
+                    )
+                })
+                .collect(),
         );
         let admin_shutdown = CancellationToken::new();
         crate::metrics::spawn_admin(
@@ -273,7 +300,8 @@ impl Processor {
             handlers: self.handlers,
             defs,
             heartbeat,
-            run_slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
+            run_slots: slots::RunSlots::new(config.concurrency),
+            jobs,
             stop_starting: CancellationToken::new(),
             config: config.clone(),
             cancellations: Arc::default(),
@@ -290,7 +318,7 @@ impl Processor {
             concurrency = config.concurrency,
             "Processor started."
         );
-        runtime.pull_loop(&consumer, shutdown).await;
+        runtime.pull_loop(&lanes, shutdown).await;
         listening.cancel();
         match listener.await {
             Ok(Ok(())) => {}

@@ -1,6 +1,13 @@
 //! Pulling jobs: a bounded pull loop that never holds more job messages than it has
 //! room for, however deep the backlog, and hands back what it holds on shutdown.
 //!
+//! Each priority is a lane with its own consumer (`processor-io`, `-high`, `-low`). The
+//! normal lane is the main one; the high lane holds at most `concurrency` more messages,
+//! so a high job is delivered at once even when the normal lane's room is taken, and is
+//! first in line for the next run slot ([`super::slots`]); the low lane pulls only when
+//! the normal consumer has nothing waiting and a run slot is free, or when its oldest job
+//! has waited `low_priority_max_wait_secs`.
+//!
 //! Two limits apply. *Held* messages (running, waiting for a run slot, or having their
 //! outcome recorded) are bounded by `concurrency + prefetch`, and pull requests ask for
 //! exactly as many as there is room. *Running* handlers are bounded by `concurrency`
@@ -19,6 +26,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::runtime::Runtime;
+use crate::job::Priority;
+
+/// A processor's three consumers on `JOBS`, one per priority.
+pub(super) struct Lanes {
+    pub high: PullConsumer,
+    pub normal: PullConsumer,
+    pub low: PullConsumer,
+}
+
+/// How often the low lane looks again whether it may pull.
+const LOW_RECHECK: Duration = Duration::from_millis(250);
 
 /// A job message together with the room it takes among the held messages.
 type Held = (jetstream::Message, OwnedSemaphorePermit);
@@ -27,12 +45,25 @@ type Held = (jetstream::Message, OwnedSemaphorePermit);
 const MAX_OPEN_PULLS: usize = 4;
 
 impl Runtime {
-    pub(super) async fn pull_loop(
+    pub(super) async fn pull_loop(self: &Arc<Self>, lanes: &Lanes, shutdown: CancellationToken) {
+        let extra = self.config.concurrency.max(1);
+        tokio::join!(
+            self.lane(&lanes.high, None, extra, shutdown.clone()),
+            self.lane(&lanes.normal, None, self.held_limit(), shutdown.clone()),
+            self.lane(&lanes.low, Some(&lanes.normal), extra, shutdown),
+        );
+    }
+
+    /// One lane's pull loop, holding at most `held` of its messages. With `after`, it is
+    /// the low lane, which waits for that consumer to have nothing waiting.
+    async fn lane(
         self: &Arc<Self>,
         consumer: &PullConsumer,
+        after: Option<&PullConsumer>,
+        held: usize,
         shutdown: CancellationToken,
     ) {
-        let room = Arc::new(Semaphore::new(self.held_limit()));
+        let room = Arc::new(Semaphore::new(held));
         let tracker = TaskTracker::new();
         let release = CancellationToken::new();
         let mut pulls: SelectAll<BoxStream<'static, Option<Held>>> = SelectAll::new();
@@ -54,8 +85,20 @@ impl Runtime {
                     });
                 }
                 permits = self.free_room(&room), if pulls.len() < MAX_OPEN_PULLS => {
-                    let Ok(permits) = permits else { break };
-                    match self.pull(consumer, permits).await {
+                    let Ok(mut permits) = permits else { break };
+                    // The low lane never leaves a pull request open: one could take a
+                    // low job after normal ones had come in.
+                    let mut wait = Some(Duration::from_millis(self.config.pull_expires_ms));
+                    if let Some(normal) = after {
+                        let Some(turn) = self.low_turn(normal, consumer, &shutdown).await else {
+                            break;
+                        };
+                        if turn < permits.num_permits() {
+                            permits = permits.split(turn).unwrap_or(permits);
+                        }
+                        wait = None;
+                    }
+                    match self.pull(consumer, permits, wait).await {
                         Ok(stream) => {
                             backoff = Duration::from_millis(100);
                             pulls.push(stream);
@@ -138,17 +181,31 @@ impl Runtime {
 
     /// One pull request for exactly as many jobs as `permits` has room. Each job comes
     /// out with its share; the share of jobs that did not come is freed when it ends.
+    /// With `wait`, the request waits up to that long for jobs; without, it takes only
+    /// the jobs there are now.
     async fn pull(
         &self,
         consumer: &PullConsumer,
         permits: OwnedSemaphorePermit,
+        wait: Option<Duration>,
     ) -> Result<BoxStream<'static, Option<Held>>, async_nats::Error> {
-        let batch = consumer
-            .batch()
-            .max_messages(permits.num_permits())
-            .expires(Duration::from_millis(self.config.pull_expires_ms))
-            .messages()
-            .await?;
+        let batch = match wait {
+            Some(expires) => {
+                consumer
+                    .batch()
+                    .max_messages(permits.num_permits())
+                    .expires(expires)
+                    .messages()
+                    .await?
+            }
+            None => {
+                consumer
+                    .fetch()
+                    .max_messages(permits.num_permits())
+                    .messages()
+                    .await?
+            }
+        };
         let stream =
             futures::stream::unfold((batch, permits), |(mut batch, mut permits)| async move {
                 match batch.next().await? {
@@ -176,6 +233,75 @@ impl Runtime {
             .chain(futures::stream::once(async { None }))
             .boxed())
     }
+}
+
+impl Runtime {
+    /// Waits until the low lane may pull, and says how many: as many as there are free
+    /// run slots while `normal` has nothing waiting, or one when the oldest low job has
+    /// waited too long. `None` on shutdown.
+    async fn low_turn(
+        &self,
+        normal: &PullConsumer,
+        low: &PullConsumer,
+        shutdown: &CancellationToken,
+    ) -> Option<usize> {
+        loop {
+            if shutdown.is_cancelled() {
+                return None;
+            }
+            // One request while there is no low job at all (the idle case).
+            if matches!(pending(low).await, Some(waiting) if waiting > 0) {
+                let free = self.run_slots.available();
+                if free > 0 && matches!(pending(normal).await, Some(0)) {
+                    return Some(free);
+                }
+                if self.low_starving(low).await {
+                    return Some(1);
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(LOW_RECHECK) => {}
+                () = shutdown.cancelled() => return None,
+            }
+        }
+    }
+
+    /// Whether the next low job to deliver has waited longer than
+    /// `low_priority_max_wait_secs` (its time in `JOBS`, from a direct get per kind).
+    async fn low_starving(&self, low: &PullConsumer) -> bool {
+        let mut low = low.clone();
+        let Ok(info) = low.info().await else {
+            return false;
+        };
+        if info.num_pending == 0 {
+            return false;
+        }
+        let next = info.delivered.stream_sequence.saturating_add(1);
+        let max_wait = Duration::from_secs(self.config.low_priority_max_wait_secs);
+        for kind in self.handlers.keys() {
+            let subject = crate::subjects::submit_filter(kind, Priority::Low);
+            if let Ok(message) = self
+                .jobs
+                .direct_get_next_for_subject(subject, Some(next))
+                .await
+            {
+                let queued = std::time::SystemTime::UNIX_EPOCH
+                    + Duration::from_nanos(
+                        u64::try_from(message.time.unix_timestamp_nanos()).unwrap_or_default(),
+                    );
+                if queued.elapsed().is_ok_and(|waited| waited >= max_wait) {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+}
+
+/// Jobs waiting in a consumer, not yet delivered; `None` if it cannot be read.
+async fn pending(consumer: &PullConsumer) -> Option<u64> {
+    let mut consumer = consumer.clone();
+    consumer.info().await.ok().map(|info| info.num_pending)
 }
 
 /// After the grace period, how long releasing the unfinished jobs may take.

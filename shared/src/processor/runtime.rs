@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::cancel::Cancellations;
@@ -29,8 +28,10 @@ pub(super) struct Runtime {
     pub heartbeat: Duration,
     pub config: RuntimeConfig,
     pub cancellations: Arc<Cancellations>,
-    /// Handlers running at once: `concurrency`.
-    pub run_slots: Arc<Semaphore>,
+    /// Handlers running at once: `concurrency`, high priority first.
+    pub run_slots: super::slots::RunSlots,
+    /// `JOBS`, read to see how long the next low-priority job has waited.
+    pub jobs: jetstream::stream::Stream,
     /// Cancelled on shutdown: jobs still waiting for a run slot are handed back.
     pub stop_starting: CancellationToken,
 }

@@ -133,7 +133,7 @@ impl Harness {
         };
         self.js
             .publish(
-                subjects::submit(&request.kind, request.id),
+                subjects::submit(&request.kind, request.id, Default::default()),
                 serde_json::to_vec(&request).expect("encode").into(),
             )
             .await
@@ -384,7 +384,11 @@ async fn metrics_count_every_outcome_by_kind() {
     harness
         .js
         .publish(
-            subjects::submit(&Kind::new("flaky").expect("kind"), poison),
+            subjects::submit(
+                &Kind::new("flaky").expect("kind"),
+                poison,
+                Default::default(),
+            ),
             "not json".into(),
         )
         .await

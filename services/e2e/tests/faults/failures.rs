@@ -41,7 +41,10 @@ async fn s6_every_kind_of_failure_ends_failed_with_its_reason_and_the_processor_
         let id = jetjobs::JobId::new_v7();
         system
             .js
-            .publish(subjects::submit(&kind, id), "{not a job".into())
+            .publish(
+                subjects::submit(&kind, id, Default::default()),
+                "{not a job".into(),
+            )
             .await
             .expect("publish poison")
             .await

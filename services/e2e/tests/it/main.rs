@@ -13,6 +13,7 @@ mod jobs;
 mod lifecycle;
 mod listing;
 mod metrics;
+mod priorities;
 mod projection;
 mod push_limits;
 mod read_your_writes;

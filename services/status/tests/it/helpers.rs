@@ -80,7 +80,11 @@ impl Setup {
         h.insert(headers::JOB_ID, request.id.to_string().as_str());
         let body = serde_json::to_vec(request).expect("encode request");
         self.js
-            .publish_with_headers(subjects::submit(&request.kind, request.id), h, body.into())
+            .publish_with_headers(
+                subjects::submit(&request.kind, request.id, Default::default()),
+                h,
+                body.into(),
+            )
             .await
             .expect("publish job")
             .await
