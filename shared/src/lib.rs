@@ -23,6 +23,7 @@ pub mod fence;
 pub mod job;
 pub mod kinds;
 pub mod layout;
+pub mod limits;
 pub mod metrics;
 pub mod processor;
 pub mod protocol;

@@ -535,6 +535,41 @@ async fn every_service_works_under_its_own_user() {
         assert_eq!(response.status(), expected, "{path}");
     }
 
+    // Limits: set by the gateway, watched and enforced by the processors (leases and
+    // start counters in job_leases).
+    let response = http
+        .put(format!("{base}/v1/kinds/noop/limits"))
+        .json(&json!({"max_running": 1, "max_per_second": 100}))
+        .send()
+        .await
+        .expect("PUT limits");
+    assert_eq!(response.status(), 200, "set limits");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let response = http
+        .post(format!("{base}/v1/jobs"))
+        .json(&json!({"kind": "noop", "payload": {}, "priority": "high"}))
+        .send()
+        .await
+        .expect("POST limited");
+    let body: Value = response.json().await.expect("snapshot");
+    let id = body["id"].as_str().expect("id").to_string();
+    let limited = eventually(WAIT, || async {
+        let response = http.get(format!("{base}/v1/jobs/{id}")).send().await.ok()?;
+        let body: Value = response.json().await.ok()?;
+        (body["state"] == "succeeded").then_some(())
+    })
+    .await;
+    assert!(
+        limited.is_some(),
+        "the limited, high-priority job did not run"
+    );
+    let response = http
+        .get(format!("{base}/v1/kinds"))
+        .send()
+        .await
+        .expect("GET kinds");
+    assert_eq!(response.status(), 200, "list kinds");
+
     shutdown.cancel();
     for task in tasks {
         task.await.expect("service task");

@@ -35,6 +35,7 @@ pub fn requirements() -> Vec<Requirement> {
             name: layout::SCHEDULER_CONSUMER.to_string(),
         },
         Requirement::Bucket(layout::SCHEDULES_BUCKET),
+        Requirement::Bucket(layout::LIMITS_BUCKET),
         Requirement::Bucket(layout::STATUS_BUCKET),
         Requirement::Bucket(layout::KINDS_BUCKET),
         Requirement::Bucket(layout::IDEMPOTENCY_BUCKET),

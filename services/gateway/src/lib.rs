@@ -11,6 +11,7 @@ pub mod error;
 mod extract;
 mod health;
 mod jobs;
+mod kind_limits;
 mod kinds;
 mod list;
 mod metrics;
@@ -200,6 +201,8 @@ pub struct Shared {
     schedule_defs: kv::Store,
     schedule_room: delay::ScheduleRoom,
     max_delay: Duration,
+    /// KV `job_limits`: the limits per kind.
+    limits: kv::Store,
 }
 
 struct Writers {
@@ -229,6 +232,12 @@ pub fn router(state: AppState, config: &Config) -> Router {
         )
         .route("/v1/schedules/{name}/pause", post(schedules::pause))
         .route("/v1/schedules/{name}/resume", post(schedules::resume))
+        .route("/v1/kinds", get(kind_limits::list))
+        .route("/v1/kinds/{kind}", get(kind_limits::get))
+        .route(
+            "/v1/kinds/{kind}/limits",
+            axum::routing::put(kind_limits::put_limits),
+        )
         .route_layer(middleware::from_fn_with_state(
             Duration::from_secs(config.request_timeout_secs),
             serve::request_timeout,
@@ -426,6 +435,7 @@ pub async fn run(
         schedule_defs: open(layout::SCHEDULES_BUCKET).await?,
         schedule_room: delay::ScheduleRoom::default(),
         max_delay: Duration::from_secs(config.max_delay_secs),
+        limits: open(layout::LIMITS_BUCKET).await?,
         blob_limits: blobs::BlobLimits {
             max_bytes: config.max_blob_bytes,
             ttl: Duration::from_secs(config.blob_ttl_secs),

@@ -52,6 +52,10 @@ pub const INDEX_STREAM: &str = "JOBS_INDEX";
 pub const SCHEDULES_STREAM: &str = "JOBS_SCHEDULES";
 /// Recurring schedules' definitions (`GET /v1/schedules`), key = name.
 pub const SCHEDULES_BUCKET: &str = "job_schedules";
+/// Per-kind limits (`max_running`, `max_per_second`), key = kind.
+pub const LIMITS_BUCKET: &str = "job_limits";
+/// Running leases and start counters that enforce the limits across replicas.
+pub const LEASES_BUCKET: &str = "job_leases";
 /// The consumer that turns firings into jobs; every gateway replica pulls from it.
 pub const SCHEDULER_CONSUMER: &str = "scheduler";
 pub const STATUS_CONSUMER: &str = "status-projector";
@@ -488,6 +492,22 @@ impl Layout {
                 "jetjobs recurring schedules, key = name",
                 1,
                 Duration::ZERO,
+                64 << 20,
+            ),
+            bucket(
+                LIMITS_BUCKET,
+                "jetjobs limits per kind (max_running, max_per_second), key = kind",
+                5,
+                Duration::ZERO,
+                64 << 20,
+            ),
+            // A lease outlives a replica that died holding it by at most this long; a
+            // running job writes its lease again every third of it.
+            bucket(
+                LEASES_BUCKET,
+                "jetjobs running leases and start counters enforcing the limits per kind",
+                1,
+                self.ack_wait,
                 64 << 20,
             ),
             bucket(

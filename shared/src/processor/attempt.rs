@@ -209,6 +209,15 @@ impl Runtime {
                 drop(slot);
                 return self.expire(&delivery, &mut fence).await;
             }
+            // The kind's limits across replicas: over one, the job goes back to wait.
+            let lease = match self.limits.admit(&request.kind, request.id).await {
+                crate::limits::Admission::Go(lease) => lease,
+                crate::limits::Admission::Wait(delay) => {
+                    drop(slot);
+                    ended_as("limited", None);
+                    return self.nak(&delivery.message, Some(delay)).await;
+                }
+            };
             // Registered before `started` is stored, so a cancellation sent right after
             // cannot miss this run.
             let cancelled_by_client = self.cancellations.register(request.id);
@@ -265,7 +274,9 @@ impl Runtime {
             {
                 tracing::warn!("Blocking work ignored cancellation; freeing its slot anyway.");
             }
-            // The next job may start while this one's outcome is recorded.
+            // The next job may start while this one's outcome is recorded. A limit's
+            // lease is held until then: in JOB_EVENTS, a job of a limited kind starts
+            // only after the one whose lease it takes has ended.
             drop(slot);
             drop(cancelled_by_client);
             if matches!(ended, Ended::Ran(_)) {
@@ -283,6 +294,7 @@ impl Runtime {
                     self.nak(&delivery.message, None).await;
                 }
             }
+            drop(lease);
         };
         let work = async {
             work.await;

@@ -185,6 +185,8 @@ impl Processor {
                 Requirement::Stream(layout::DEAD_STREAM),
                 Requirement::Stream(layout::BLOBS_STREAM),
                 Requirement::Bucket(layout::KINDS_BUCKET),
+                Requirement::Bucket(layout::LIMITS_BUCKET),
+                Requirement::Bucket(layout::LEASES_BUCKET),
                 Requirement::Consumer {
                     stream: layout::JOBS_STREAM,
                     name: self.name.clone(),
@@ -292,6 +294,9 @@ impl Processor {
             config.group_commit(),
             writing,
         );
+        // Watched until the runtime is gone.
+        let writing_limits = CancellationToken::new();
+        let _stop_limits = writing_limits.clone().drop_guard();
         let runtime = Arc::new(Runtime {
             metrics,
             events: EventLog::new(js.clone(), events).with_group_commit(group),
@@ -301,6 +306,9 @@ impl Processor {
             defs,
             heartbeat,
             run_slots: slots::RunSlots::new(config.concurrency),
+            limits: crate::limits::Limiter::start(&js, writing_limits.clone())
+                .await
+                .map_err(|e| nats(&e))?,
             jobs,
             stop_starting: CancellationToken::new(),
             config: config.clone(),

@@ -30,6 +30,8 @@ pub(super) struct Runtime {
     pub cancellations: Arc<Cancellations>,
     /// Handlers running at once: `concurrency`, high priority first.
     pub run_slots: super::slots::RunSlots,
+    /// The limits per kind, enforced across replicas.
+    pub limits: crate::limits::Limiter,
     /// `JOBS`, read to see how long the next low-priority job has waited.
     pub jobs: jetstream::stream::Stream,
     /// Cancelled on shutdown: jobs still waiting for a run slot are handed back.

@@ -29,7 +29,7 @@ async fn provisioning_is_idempotent_and_describes_what_it_made() {
     assert!(first.updated.is_empty() && first.unchanged.is_empty());
     // Streams (jobs, events, dead letters, index, blobs, schedules), buckets, and the
     // processor's three (one per priority), status, notifier and scheduler consumers.
-    assert_eq!(first.created.len(), 6 + 4 + 6, "{first}");
+    assert_eq!(first.created.len(), 6 + 6 + 6, "{first}");
 
     let again = layout::provision(&js, &layout())
         .await

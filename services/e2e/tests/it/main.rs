@@ -11,6 +11,7 @@ mod group_commit;
 mod idempotency;
 mod jobs;
 mod lifecycle;
+mod limits;
 mod listing;
 mod metrics;
 mod priorities;
