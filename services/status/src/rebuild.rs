@@ -209,6 +209,26 @@ pub async fn rebuild(
         retried =
             queue_waiting_jobs(&jobs, range, Waiting::New, &bucket, &mut report, shutdown).await?;
     }
+    // Delayed jobs not yet due wait in JOBS_SCHEDULES: `scheduled` snapshots for them
+    // (a deployment provisioned before schedules existed has no such stream).
+    if !report.interrupted
+        && let Ok(mut schedules) = js.get_stream(layout::SCHEDULES_STREAM).await
+        && let Some(range) = jobs_range(&mut schedules).await?
+    {
+        let range = JobsRange {
+            subject: "jobs.at.>",
+            ..range
+        };
+        queue_waiting_jobs(
+            &schedules,
+            range,
+            Waiting::New,
+            &bucket,
+            &mut report,
+            shutdown,
+        )
+        .await?;
+    }
     if !report.interrupted {
         replay_events(js, &bucket, options, &mut report, shutdown).await?;
     }
@@ -276,6 +296,9 @@ struct JobsRange {
     first: u64,
     last: u64,
     direct: bool,
+    /// The requests' subjects: `jobs.submit.>` in `JOBS`, `jobs.at.>` (delayed jobs not
+    /// yet due) in `JOBS_SCHEDULES`.
+    subject: &'static str,
 }
 
 async fn jobs_range(
@@ -289,6 +312,7 @@ async fn jobs_range(
         first: info.state.first_sequence,
         last: info.state.last_sequence,
         direct: info.config.allow_direct,
+        subject: subjects::SUBMIT_ALL,
     }))
 }
 
@@ -306,7 +330,7 @@ async fn next_request(
     };
     if range.direct {
         match stream
-            .direct_get_next_for_subject(subjects::SUBMIT_ALL, Some(sequence))
+            .direct_get_next_for_subject(range.subject, Some(sequence))
             .await
         {
             Ok(message) => Ok(Some(message)),
@@ -315,7 +339,7 @@ async fn next_request(
         }
     } else {
         match stream
-            .get_first_raw_message_by_subject(subjects::SUBMIT_ALL, sequence)
+            .get_first_raw_message_by_subject(range.subject, sequence)
             .await
         {
             Ok(message) => Ok(Some(message)),

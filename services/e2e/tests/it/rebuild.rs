@@ -265,6 +265,23 @@ async fn a_rebuilt_bucket_equals_the_live_one() {
         jobs.push(Expect::new(id, "succeeded"));
     }
 
+    // Scheduling: a job delayed past the test (its request waits in JOBS_SCHEDULES), one
+    // delayed a second that ran, one cancelled while scheduled, a high-priority one with
+    // an expiry that ran in time.
+    let later = post_job(&system, json!({"kind": "noop", "delay_secs": 3600})).await;
+    jobs.push(Expect::new(later, "scheduled"));
+    let soon = post_job(&system, json!({"kind": "noop", "delay_secs": 1})).await;
+    jobs.push(Expect::new(soon, "succeeded"));
+    let dropped = post_job(&system, json!({"kind": "noop", "delay_secs": 3600})).await;
+    cancel(&system, &dropped).await;
+    jobs.push(Expect::new(dropped, "cancelled").on_attempt(0));
+    let urgent = post_job(
+        &system,
+        json!({"kind": "noop", "priority": "high", "expires_in_secs": 600}),
+    )
+    .await;
+    jobs.push(Expect::new(urgent, "succeeded"));
+
     for job in &jobs {
         // A retried job was terminal before: wait for the end of its last series.
         let done = system
@@ -314,7 +331,10 @@ async fn a_rebuilt_bucket_equals_the_live_one() {
     .expect("rebuild");
     assert!(report.is_complete() && report.created_bucket, "{report}");
     assert_eq!(report.jobs, jobs.len() as u64, "{report}");
-    assert_eq!(report.jobs_waiting, 0, "every job has run: {report}");
+    assert_eq!(
+        report.jobs_waiting, 1,
+        "every job has run but the one scheduled for later: {report}"
+    );
     assert_eq!(contents(&system.js, "job_status_rebuilt").await, live);
     // The test server has room for one more bucket as large as job_status, not two.
     system
