@@ -81,6 +81,12 @@ struct LayoutArgs {
     /// are not listed.
     #[arg(long, env = "JETJOBS_INDEX_MAX_BYTES", default_value_t = Layout::default().index_max_bytes)]
     index_max_bytes: i64,
+    /// `JOBS_SCHEDULES` (delayed jobs, expiries, recurring schedules): the gateway stops
+    /// accepting delayed jobs at 90 % of either limit.
+    #[arg(long, env = "JETJOBS_SCHEDULES_MAX_MSGS", default_value_t = Layout::default().schedules_max_msgs)]
+    schedules_max_msgs: i64,
+    #[arg(long, env = "JETJOBS_SCHEDULES_MAX_BYTES", default_value_t = Layout::default().schedules_max_bytes)]
+    schedules_max_bytes: i64,
 }
 
 impl LayoutArgs {
@@ -106,6 +112,8 @@ impl LayoutArgs {
             idempotency_max_bytes: self.idempotency_max_bytes,
             blobs_max_bytes: self.blobs_max_bytes,
             index_max_bytes: self.index_max_bytes,
+            schedules_max_msgs: self.schedules_max_msgs,
+            schedules_max_bytes: self.schedules_max_bytes,
             // Every processor of `jetjobs::layout` (`Layout::default`).
             ..Layout::default()
         }
