@@ -3,10 +3,11 @@
 
     BIN_DIR=target/perf python3 deploy/local/bench_schedule.py [--due 10000] [--pending 100000]
 
-  precision  --due noop jobs submitted with the same `run_at` (one second, --lead seconds
+  precision  100, then --due noop jobs submitted with the same `run_at` (one second, --lead seconds
              ahead); when each ended (its snapshot's updated_at) minus run_at, p50 / p99 /
              max. A noop job ends about a millisecond after it starts, so this bounds
              start − run_at from above.
+  rate       200 noop jobs with `max_per_second: 20`: how long they take (about 10 s)
   pending    --pending jobs delayed by an hour: what they cost nats-server (RSS growth,
              JOBS_SCHEDULES on disk) and the gateway (RSS growth), and the submit rate.
 
@@ -28,16 +29,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402
+from bench_large import rss_mb  # noqa: E402
 
 CLIENTS = 32
-
-
-def rss_mb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def parallel(system, n, request):
@@ -154,6 +148,31 @@ def pending_cost(system, work, n):
     }
 
 
+def rate_limited(system, jobs, per_second):
+    """`jobs` noop jobs with the kind limited to `per_second` starts: how long they take."""
+    host, port = system.gateway.split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request("PUT", "/v1/kinds/noop/limits", body=json.dumps({"max_per_second": per_second}),
+                 headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    assert response.status == 200, response.read()
+    response.read()
+    time.sleep(1)
+    started = time.perf_counter()
+    ids = parallel(system, jobs, submit({"kind": "noop", "payload": {}}))
+    pending = list(ids)
+    while pending:
+        snapshots = parallel(system, len(pending), lambda c, i: get_snapshot(c, pending[i]))
+        pending = [j for j, s in zip(pending, snapshots) if s.get("state") != "succeeded"]
+        time.sleep(0.2)
+    took = time.perf_counter() - started
+    conn.request("PUT", "/v1/kinds/noop/limits", body="{}",
+                 headers={"Content-Type": "application/json"})
+    conn.getresponse().read()
+    return {"jobs": jobs, "max_per_second": per_second, "seconds": round(took, 1),
+            "expected_seconds": round(jobs / per_second, 1)}
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--due", type=int, default=10_000)
@@ -167,8 +186,13 @@ def main():
         system.start()
         try:
             result = {"machine": bench.machine()}
+            # Under no load first: what the scheduler alone adds.
+            result["precision_100"] = precision(system, 100, 10)
+            bench.log(f"precision, 100 jobs: {result['precision_100']}")
             result["precision"] = precision(system, args.due, args.lead)
             bench.log(f"precision: {result['precision']}")
+            result["rate_limited"] = rate_limited(system, 200, 20)
+            bench.log(f"rate limited: {result['rate_limited']}")
             result["pending"] = pending_cost(system, work, args.pending)
             bench.log(f"pending: {result['pending']}")
         finally:

@@ -264,6 +264,17 @@ pub enum Change {
 }
 
 impl Change {
+    /// How a job that was not started before its `expires_at` ends (by the scheduler's
+    /// expiry, or by the processor that finds it expired).
+    pub fn expired(scheduling: &crate::job::Scheduling) -> Self {
+        let at = scheduling
+            .expires_at
+            .map_or_else(String::new, |at| at.to_rfc3339());
+        Self::Cancelled {
+            reason: format!("expired: not started by {at}"),
+        }
+    }
+
     /// The short name used in `Nats-Msg-Id` and logs.
     pub fn name(&self) -> &'static str {
         match self {

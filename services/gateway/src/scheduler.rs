@@ -164,23 +164,17 @@ async fn expired(state: &AppState, log: &EventLog, request: &JobRequest) -> bool
             return false;
         }
     };
-    let expires_at = request
-        .scheduling
-        .expires_at
-        .map_or_else(String::new, |at| at.to_rfc3339());
     let event = JobEvent::new(
         request,
         request.prior_attempts,
-        Change::Cancelled {
-            reason: format!("expired: not started by {expires_at}"),
-        },
+        Change::expired(&request.scheduling),
     );
     match log
         .write_fenced(&event, &trace(), &mut seq, Retries::BACKGROUND)
         .await
     {
         Fenced::Recorded => {
-            tracing::info!(job_id = %request.id, %expires_at, "Job expired before it started; cancelled.");
+            tracing::info!(job_id = %request.id, expires_at = ?request.scheduling.expires_at, "Job expired before it started; cancelled.");
             crate::delay::forget(state, &request.kind, request.id).await;
             true
         }

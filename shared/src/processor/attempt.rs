@@ -357,19 +357,13 @@ impl Runtime {
     /// scheduler, meanwhile, this write is refused and the delivery is only acked.
     async fn expire(&self, delivery: &Delivery, fence: &mut Fence) {
         let request = &delivery.request;
-        let expires_at = request
-            .scheduling
-            .expires_at
-            .map_or_else(String::new, |at| at.to_rfc3339());
         let event = JobEvent::new(
             request,
             request.prior_attempts,
-            Change::Cancelled {
-                reason: format!("expired: not started by {expires_at}"),
-            },
+            Change::expired(&request.scheduling),
         );
         if self.claim(delivery, fence, &event).await {
-            tracing::info!(%expires_at, "Job expired before it started; cancelled.");
+            tracing::info!(expires_at = ?request.scheduling.expires_at, "Job expired before it started; cancelled.");
             ended_as("expired", None);
             self.ack(&delivery.message).await;
         }

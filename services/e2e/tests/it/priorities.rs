@@ -57,7 +57,8 @@ async fn blocked(options: Options) -> (System, String) {
         ..options
     })
     .await;
-    let blocker = submit(&system, json!({"ms": 1500}), "normal").await;
+    // Long enough to submit every job below while it runs.
+    let blocker = submit(&system, json!({"ms": 6000}), "normal").await;
     system
         .wait_for(&blocker, WAIT, |s| s["state"] == "running")
         .await;
@@ -68,7 +69,7 @@ async fn blocked(options: Options) -> (System, String) {
 async fn a_high_job_submitted_last_starts_before_the_normal_jobs_waiting_with_it() {
     let (system, blocker) = blocked(Options::default()).await;
     let mut normal = Vec::new();
-    for _ in 0..100 {
+    for _ in 0..1000 {
         normal.push(submit(&system, json!({"ms": 1}), "normal").await);
     }
     let high = submit(&system, json!({"ms": 1}), "high").await;
