@@ -128,9 +128,14 @@ impl Default for Options {
 /// # Panics
 /// When NATS cannot be reached or provisioning fails.
 pub async fn provision(url: &str, options: &Options) -> jetstream::Context {
+    // One URL, or a cluster's comma-separated list (as the services take it).
+    let servers: Vec<async_nats::ServerAddr> = url
+        .split(',')
+        .map(|u| u.trim().parse().expect("a NATS URL"))
+        .collect();
     let client = async_nats::ConnectOptions::new()
         .name("jetjobs-e2e")
-        .connect(url)
+        .connect(servers)
         .await
         .expect("connect to nats-server");
     let js = jetstream::new(client);

@@ -7,6 +7,7 @@
 //! `docs/reliability.md` from them.
 
 mod cluster;
+mod cluster_scheduling;
 mod disk_full;
 mod hostile_http;
 mod nats_loss;
