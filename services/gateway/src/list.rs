@@ -145,7 +145,7 @@ pub fn parse_query(raw: Option<&str>) -> Result<Query, ApiError> {
                     .map_err(|_| {
                         ApiError::bad_request(format!(
                             "state {name:?} is not a job state; one or a comma-separated list of: \
-                     queued, running, retrying, succeeded, failed, cancelled"
+                     scheduled, queued, running, retrying, succeeded, failed, cancelled"
                         ))
                     })?;
             if !states.contains(&state) {
