@@ -180,7 +180,13 @@ fn refused(error: ApiError) -> PublishFailure {
 }
 
 async fn store(state: &AppState, message: Outgoing) -> Result<(), PublishFailure> {
-    state.schedule_room.check(state).await.map_err(refused)?;
+    // The stored size: payload, headers and subject, rounded up for the store's framing.
+    let size = message.payload.len() + message.subject.len() + 256;
+    state
+        .schedule_room
+        .check(state, size)
+        .await
+        .map_err(refused)?;
     match jetjobs::protocol::publish(&state.js, message, Retries::REQUEST).await {
         Published::Stored(_) => Ok(()),
         Published::TooLarge => Err(refused(ApiError::too_large(
@@ -212,11 +218,22 @@ pub async fn forget(state: &AppState, kind: &Kind, id: JobId) {
 
 /// `JOBS_SCHEDULES` cannot refuse writes when full (the server forbids discard-new with
 /// message schedules): it would drop its oldest schedules, which are accepted jobs. So
-/// the gateway refuses new schedules while it is over [`HEADROOM`] of either limit,
-/// reading its state at most once a second.
+/// the gateway refuses new schedules once the stream would be over [`HEADROOM`] of either
+/// limit. It reads the stream's state at most once a second, and counts what it stored
+/// itself since, so a burst between two reads cannot run past the headroom (other
+/// replicas' bursts are what the remaining 10 % is for).
 #[derive(Default)]
 pub struct ScheduleRoom {
-    last: Mutex<Option<(Instant, bool)>>,
+    seen: Mutex<Option<Seen>>,
+}
+
+#[derive(Clone, Copy)]
+struct Seen {
+    at: Instant,
+    messages: u64,
+    bytes: u64,
+    max_messages: i64,
+    max_bytes: i64,
 }
 
 /// The share of `JOBS_SCHEDULES`'s limits past which no new schedule is accepted.
@@ -224,37 +241,46 @@ const HEADROOM: f64 = 0.9;
 const RECHECK: Duration = Duration::from_secs(1);
 
 impl ScheduleRoom {
-    async fn check(&self, state: &AppState) -> Result<(), ApiError> {
-        let cached = self
-            .last
+    /// Takes room for one message of `bytes`, or refuses with a 503.
+    async fn check(&self, state: &AppState, bytes: usize) -> Result<(), ApiError> {
+        let fresh = self
+            .seen
             .lock()
             .ok()
-            .and_then(|last| *last)
-            .filter(|(at, _)| at.elapsed() < RECHECK);
-        let full = match cached {
-            Some((_, full)) => full,
-            None => {
-                let mut stream = state.schedules.clone();
-                let info = stream.info().await.map_err(|e| {
-                    ApiError::unavailable(format!("cannot read JOBS_SCHEDULES: {e}"), 1)
-                })?;
-                let over =
-                    |used: u64, limit: i64| limit > 0 && used as f64 >= HEADROOM * limit as f64;
-                let full = over(info.state.messages, info.config.max_messages)
-                    || over(info.state.bytes, info.config.max_bytes);
-                if let Ok(mut last) = self.last.lock() {
-                    *last = Some((Instant::now(), full));
-                }
-                full
+            .and_then(|seen| *seen)
+            .filter(|seen| seen.at.elapsed() < RECHECK);
+        if fresh.is_none() {
+            let mut stream = state.schedules.clone();
+            let info = stream.info().await.map_err(|e| {
+                ApiError::unavailable(format!("cannot read JOBS_SCHEDULES: {e}"), 1)
+            })?;
+            if let Ok(mut seen) = self.seen.lock() {
+                *seen = Some(Seen {
+                    at: Instant::now(),
+                    messages: info.state.messages,
+                    bytes: info.state.bytes,
+                    max_messages: info.config.max_messages,
+                    max_bytes: info.config.max_bytes,
+                });
             }
+        }
+        let over = |used: u64, limit: i64| limit > 0 && used as f64 >= HEADROOM * limit as f64;
+        let Ok(mut seen) = self.seen.lock() else {
+            return Err(ApiError::internal("the schedule room's lock is poisoned"));
         };
-        if full {
+        let Some(seen) = seen.as_mut() else {
+            return Err(ApiError::unavailable("cannot read JOBS_SCHEDULES", 1));
+        };
+        let bytes = bytes as u64;
+        if over(seen.messages + 1, seen.max_messages) || over(seen.bytes + bytes, seen.max_bytes) {
             return Err(ApiError::unavailable(
                 "the schedule store (JOBS_SCHEDULES) is nearly full; retry later",
                 5,
             )
             .with("queue", json!("full")));
         }
+        seen.messages += 1;
+        seen.bytes += bytes;
         Ok(())
     }
 }

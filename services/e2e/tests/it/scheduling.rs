@@ -555,3 +555,52 @@ async fn three_gateways_make_one_job_per_firing_not_three() {
     ids.dedup();
     assert_eq!(ids.len(), made.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nearly_full_schedule_store_refuses_new_delayed_jobs_and_forgets_none() {
+    // JOBS_SCHEDULES drops its oldest schedules when full (the server allows nothing
+    // else with schedules): the gateway must stop before that, even within a burst.
+    let system = System::start_with(Options {
+        layout: |layout| layout.schedules_max_msgs = 20,
+        ..Options::default()
+    })
+    .await;
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for _ in 0..30 {
+        let response = post_job(
+            &system,
+            json!({"kind": "noop", "payload": {}, "delay_secs": 3600}),
+        )
+        .await;
+        if response.status() == StatusCode::ACCEPTED {
+            let body: Value = response.json().await.expect("snapshot");
+            accepted.push(id(&body));
+        } else {
+            let problem = assert_problem(response, StatusCode::SERVICE_UNAVAILABLE).await;
+            assert!(
+                problem["detail"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("JOBS_SCHEDULES"),
+                "{problem}"
+            );
+            refused += 1;
+        }
+    }
+    assert!(refused > 0, "30 schedules fitted in a store of 20");
+    assert!(
+        accepted.len() <= 18,
+        "past the headroom: {}",
+        accepted.len()
+    );
+    // Every accepted job still has its schedule: none was pushed out.
+    assert_eq!(
+        system.stream_messages("JOBS_SCHEDULES").await,
+        accepted.len() as u64
+    );
+    for job in &accepted {
+        let (_, snapshot) = system.get_job(job).await;
+        assert_eq!(snapshot["state"], "scheduled");
+    }
+}
