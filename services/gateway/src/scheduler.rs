@@ -37,7 +37,16 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
     let mut backoff = Duration::from_millis(200);
     while !shutdown.is_cancelled() {
         match consume(&state, &shutdown).await {
-            Ok(()) => return,
+            Ok(()) if shutdown.is_cancelled() => return,
+            // The message stream ended by itself (its consumer was deleted and made
+            // again, say): the scheduler must not stop with it.
+            Ok(()) => {
+                tracing::warn!("The scheduler's consumer stream ended; starting it again.");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = shutdown.cancelled() => return,
+                }
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "The scheduler's consumer failed; starting it again.");
                 tokio::select! {
