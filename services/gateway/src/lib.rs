@@ -23,6 +23,7 @@ pub mod serve;
 mod sse;
 mod submit;
 mod telemetry;
+mod ui;
 mod waiting;
 mod watch;
 mod ws;
@@ -113,6 +114,18 @@ pub struct Config {
     #[arg(long, env = "JETJOBS_MAX_DELAY_SECS", default_value_t = 365 * 24 * 3600,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_delay_secs: u64,
+    /// The web dashboard at `/ui`; `off` removes its routes.
+    #[arg(long, env = "JETJOBS_UI", default_value = "on", value_parser = parse_switch)]
+    pub ui: bool,
+}
+
+/// `on`/`off` (also `true`/`false`, `1`/`0`).
+fn parse_switch(value: &str) -> Result<bool, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "1" | "yes" => Ok(true),
+        "off" | "false" | "0" | "no" => Ok(false),
+        other => Err(format!("expected on or off, not {other:?}")),
+    }
 }
 
 impl Config {
@@ -134,6 +147,7 @@ impl Config {
             max_blob_bytes: 1 << 30,
             blob_ttl_secs: 86_400,
             max_delay_secs: 365 * 24 * 3600,
+            ui: true,
         }
     }
 
@@ -263,7 +277,12 @@ pub fn router(state: AppState, config: &Config) -> Router {
             state.client.clone(),
             nats_guard::require_nats,
         ));
-    v1.route("/healthz", get(health::healthz))
+    let app = if config.ui {
+        v1.merge(ui::router())
+    } else {
+        v1
+    };
+    app.route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::metrics))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
@@ -285,6 +304,9 @@ pub fn router(state: AppState, config: &Config) -> Router {
             state.clone(),
             metrics::record,
         ))
+        // Cross-site requests from browsers cannot change anything (the dashboard's
+        // buttons use the same API as everyone else).
+        .layer(middleware::from_fn(ui::same_origin))
         // Also a `Router::layer`: the span is named for the matched route.
         .layer(
             tower_http::trace::TraceLayer::new_for_http()
