@@ -18,6 +18,14 @@ pub struct Stored {
     pub payload: Bytes,
     /// A KV delete or purge marker (`KV-Operation`).
     pub deleted: bool,
+    /// When the server stored it (`Nats-Time-Stamp`).
+    pub time: Option<chrono::DateTime<chrono::Utc>>,
+    /// In a batch: how many messages matching the request's subject filter come after
+    /// this one (`Nats-Num-Pending`). So one message of a batch of 1 counts a subject
+    /// filter's messages: 1 + this.
+    pub num_pending: Option<u64>,
+    /// The message's headers, whatever they are.
+    pub headers: async_nats::HeaderMap,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,11 +118,18 @@ pub async fn batch(
             continue;
         };
         let deleted = header("KV-Operation").is_some_and(|op| op == "DEL" || op == "PURGE");
+        let time = header("Nats-Time-Stamp")
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| t.with_timezone(&chrono::Utc));
+        let num_pending = header("Nats-Num-Pending").and_then(|n| n.parse::<u64>().ok());
         out.push(Stored {
             subject,
             sequence,
             payload: message.payload,
             deleted,
+            time,
+            num_pending,
+            headers: headers.clone(),
         });
         // A single (non-batch) answer has no end-of-batch marker.
         if request.batch == 0 {

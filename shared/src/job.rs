@@ -12,7 +12,19 @@ use crate::webhook::CallbackEvent;
 
 /// A job's identity. The gateway makes UUIDv7 (time-ordered, so KV keys and
 /// stream sequences sort the same way); a client may choose any UUID with `PUT`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(transparent)]
 pub struct JobId(Uuid);
 
@@ -52,8 +64,11 @@ pub const MAX_KIND_LEN: usize = 64;
 
 /// A job kind such as `hash` or `sleep`: lower-case ASCII letters, digits, `_` and `-`,
 /// starting with a letter or digit. The rule keeps it a single NATS subject token.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(try_from = "String", into = "String")]
+#[schema(value_type = String, example = "hash")]
 pub struct Kind(String);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -176,7 +191,18 @@ pub struct Scheduling {
 /// broker keeps them apart and the processor chooses: `high` before anything else,
 /// `low` only when nothing else waits (or it has waited too long).
 #[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum Priority {
@@ -222,7 +248,7 @@ fn is_zero(n: &u32) -> bool {
 }
 
 /// How far a running job has come, as reported by its handler.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Progress {
     pub current: u64,
     pub total: u64,

@@ -25,6 +25,7 @@ pub mod kinds;
 pub mod layout;
 pub mod limits;
 pub mod metrics;
+pub mod presence;
 pub mod processor;
 pub mod protocol;
 pub mod shutdown;

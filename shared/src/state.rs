@@ -24,7 +24,7 @@ use serde_json::Value;
 use crate::job::{JobId, JobRequest, Kind, Progress};
 use crate::webhook::{CallbackEvent, WebhookRecord, WebhookStatus};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     /// Waiting for its `run_at` in `JOBS_SCHEDULES`.
@@ -73,7 +73,7 @@ impl std::fmt::Display for JobState {
 }
 
 /// What clients see: the value stored under the job's id in KV `job_status`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobSnapshot {
     pub id: JobId,
     pub kind: Kind,
@@ -117,7 +117,7 @@ pub struct JobSnapshot {
 }
 
 /// A result stored in Object Store `job_blobs` instead of inline (claim-check).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ResultRef {
     /// The blob's id.
     pub blob: String,
@@ -126,7 +126,7 @@ pub struct ResultRef {
 }
 
 /// One failed attempt, kept so that a failed job explains every failure, not only the last.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AttemptError {
     pub attempt: u32,
     pub error: String,

@@ -29,7 +29,19 @@ pub mod headers {
 }
 
 /// The job events a callback can subscribe to (`callback_events`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum CallbackEvent {
     Started,
@@ -360,7 +372,7 @@ pub fn verify(
 }
 
 /// Where a job's webhook deliveries stand, as shown in its snapshot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WebhookState {
     /// An event is due for delivery and no attempt is recorded yet.
@@ -381,7 +393,7 @@ impl WebhookState {
 
 /// One delivery attempt, published by the notifier on `jobs.events.<kind>.<id>.webhook`
 /// (not the job's own subject, which writers fence on).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WebhookRecord {
     /// The delivered event's type (`succeeded`, ...).
     pub event: CallbackEvent,
@@ -412,7 +424,7 @@ impl WebhookRecord {
 }
 
 /// The `webhook` object of a snapshot.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WebhookStatus {
     pub state: WebhookState,
     /// The event being (or last) delivered.

@@ -63,6 +63,38 @@ pub fn refuse_declared_size(headers: &HeaderMap, limit: u64) -> Result<(), ApiEr
     }
 }
 
+/// What `POST /v1/blobs` answers: the stored blob.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // a schema: `jetjobs::blobs::BlobInfo` is what is written
+pub struct Blob {
+    id: String,
+    /// Bytes.
+    size: u64,
+    /// SHA-256 of the bytes, lower-case hex.
+    sha256: String,
+    content_type: String,
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/blobs",
+    operation_id = "uploadBlob",
+    tag = "blobs",
+    summary = "Upload a blob",
+    description = "Streamed into Object Store `job_blobs` as it arrives (at most \
+        `JETJOBS_MAX_BLOB_BYTES`, decoded). A job names it in its kind's upload field; an \
+        upload no job takes is deleted after `JETJOBS_BLOB_TTL_SECS`.",
+    request_body(content((Vec<u8> = "*/*")), description = "The bytes; `Content-Type` is kept."),
+    responses(
+        (status = 201, description = "Stored.", body = Blob,
+            headers(("Location" = String, description = "`/v1/blobs/{id}`.")),
+            links(("downloadBlob" = (operation_id = "downloadBlob", parameters(("id" = "$response.body#/id")))))),
+        (status = 400, description = "The body could not be read.", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive in time.", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Larger than `JETJOBS_MAX_BLOB_BYTES`.", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "An unsupported `Content-Encoding`.", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn upload(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
     let limit = state.blob_limits.max_bytes;
     refuse_declared_size(request.headers(), limit)?;
@@ -85,6 +117,33 @@ pub fn created(info: &BlobInfo) -> Response {
     response
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/blobs/{id}",
+    operation_id = "downloadBlob",
+    tag = "blobs",
+    summary = "Download a blob",
+    description = "The whole blob, or a `Range` of it (`206`).",
+    params(
+        ("id" = String, Path, description = "The blob's id."),
+        ("Range" = Option<String>, Header, description = "`bytes=<first>-<last>` (one range)."),
+    ),
+    responses(
+        (status = 200, description = "The blob.", content_type = "*/*", body = Vec<u8>,
+            headers(
+                ("ETag" = String, description = "The blob's digest."),
+                ("Accept-Ranges" = String, description = "`bytes`."),
+            )),
+        (status = 206, description = "The requested range.", content_type = "*/*", body = Vec<u8>,
+            headers(
+                ("Content-Range" = String, description = "`bytes <first>-<last>/<size>`."),
+                ("ETag" = String, description = "The blob's digest."),
+            )),
+        (status = 404, description = "There is no such blob.", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 416, description = "The range is outside the blob.", body = crate::openapi::Problem, content_type = "application/problem+json",
+            headers(("Content-Range" = String, description = "`bytes */<size>`."))),
+    )
+)]
 pub async fn download(
     State(state): State<AppState>,
     Path(id): Path<String>,

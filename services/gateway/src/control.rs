@@ -31,6 +31,22 @@ const TRIES: usize = 5;
 /// queued job never runs (a delayed job's schedule is removed too); a running one sees
 /// `ctx.cancelled()`. `200` with the cancelled snapshot; `409` if the
 /// job has already ended.
+#[utoipa::path(
+    delete,
+    path = "/v1/jobs/{id}",
+    operation_id = "cancelJob",
+    tag = "jobs",
+    summary = "Cancel a job",
+    description = "A scheduled or queued job never runs; a running one is stopped. The job \
+        stays readable, `cancelled`.",
+    params(crate::jobs::JobIdParam),
+    responses(
+        (status = 200, description = "The cancelled snapshot.", body = jetjobs::JobSnapshot),
+        (status = 400, description = "A malformed id.", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "There is no such job.", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The job has already ended; `state` says how.", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -96,13 +112,40 @@ pub async fn cancel(
 /// attempt it continues from, so the processor that takes it records `requeued` itself
 /// if this request died in between: a requeue recorded before a publish that failed would
 /// leave a snapshot saying `queued` with nothing queued.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/retry",
+    operation_id = "retryJob",
+    tag = "jobs",
+    summary = "Retry a failed job",
+    description = "Queues a failed job again: same id, same request (from its dead letter), a \
+        new series of attempts numbered on from the last, its history kept.",
+    params(crate::jobs::JobIdParam),
+    responses(
+        (status = 202, description = "Queued again.", body = jetjobs::JobSnapshot,
+            headers(("Location" = String, description = "`/v1/jobs/{id}`."))),
+        (status = 400, description = "A malformed id.", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "There is no such job.", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The job is not `failed`; `state` says what it is.", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 410, description = "The job's dead letter has aged out of `JOBS_DEAD`.", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The job is larger than NATS accepts in one message.", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn retry(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let log = event_log(&state);
-    let job = Job::read(&state, id).await?;
+    let snapshot = requeue(&state, id).await?;
+    accepted_response(StatusCode::ACCEPTED, id, encode(&snapshot)?, false)
+}
+
+/// Queues a failed job again (what `POST /v1/jobs/{id}/retry` and the dead-letter replay
+/// do), and removes its dead letter once it is queued: a job is a dead letter while it
+/// is dead. Returns the job as it is now.
+pub(crate) async fn requeue(state: &AppState, id: JobId) -> Result<JobSnapshot, ApiError> {
+    let log = event_log(state);
+    let job = Job::read(state, id).await?;
     let current = &job.current;
     let requeued = current.state == JobState::Queued && current.attempt > 0;
     if current.state != JobState::Failed && !requeued {
@@ -112,18 +155,19 @@ pub async fn retry(
         ))
         .with("state", json!(current.state)));
     }
-    let original = dead_request(&state, &current.kind, id).await?;
+    if requeued {
+        // A repeat (the first may have died before it removed the dead letter).
+        forget_dead_letter(state, &current.kind, id, None).await;
+        return Ok(current.clone());
+    }
+    let (original, dead_seq) = dead_request(state, &current.kind, id).await?;
     let per_series = original
         .max_attempts
         .saturating_sub(original.prior_attempts)
         .max(1);
     let request = JobRequest {
         prior_attempts: current.attempt,
-        max_attempts: if requeued {
-            current.max_attempts
-        } else {
-            current.attempt.saturating_add(per_series)
-        },
+        max_attempts: current.attempt.saturating_add(per_series),
         ..original
     };
     let message = protocol::job_message(
@@ -134,8 +178,6 @@ pub async fn retry(
     .map_err(|e| ApiError::internal(e.to_string()))?;
     match log.publish(message, Retries::REQUEST).await {
         Published::Stored(_) => {}
-        // Queued already: this is a repeat of a retry.
-        Published::SubjectFull if requeued => {}
         Published::SubjectFull => {
             return Err(ApiError::unavailable(
                 format!("job {id}'s last run is still being settled; retry in a moment"),
@@ -163,22 +205,34 @@ pub async fn retry(
         }
     }
     let event = job.event(current.attempt, request.max_attempts, Change::Requeued);
-    if !requeued {
-        let mut seq = job.last_seq;
-        match log
-            .write_fenced(&event, &trace(), &mut seq, Retries::REQUEST)
-            .await
-        {
-            Fenced::Recorded => {}
-            // A processor took the retry first and recorded `requeued` (and more) itself.
-            Fenced::Superseded(Superseded::Taken | Superseded::Finished) => {}
-            Fenced::TooLarge | Fenced::NotConfirmed => {
-                tracing::warn!(job_id = %id, "Could not record the requeue; the processor that takes the job will.");
-            }
+    let mut seq = job.last_seq;
+    match log
+        .write_fenced(&event, &trace(), &mut seq, Retries::REQUEST)
+        .await
+    {
+        Fenced::Recorded => {}
+        // A processor took the retry first and recorded `requeued` (and more) itself.
+        Fenced::Superseded(Superseded::Taken | Superseded::Finished) => {}
+        Fenced::TooLarge | Fenced::NotConfirmed => {
+            tracing::warn!(job_id = %id, "Could not record the requeue; the processor that takes the job will.");
         }
     }
-    let snapshot = state::apply(Some(current), &event).unwrap_or_else(|_| current.clone());
-    accepted_response(StatusCode::ACCEPTED, id, encode(&snapshot)?, false)
+    forget_dead_letter(state, &current.kind, id, Some(dead_seq)).await;
+    Ok(state::apply(Some(current), &event).unwrap_or_else(|_| current.clone()))
+}
+
+/// Removes a requeued job's dead letter: up to `upto` (the one read), so a dead letter
+/// of a later failure of the same job, stored meanwhile, stays. A failure here leaves
+/// the dead letter listed with the job queued; replaying it again removes it.
+async fn forget_dead_letter(state: &AppState, kind: &Kind, id: JobId, upto: Option<u64>) {
+    let purge = state.dead.purge().filter(subjects::dead(kind, id));
+    let purged = match upto {
+        Some(seq) => purge.sequence(seq + 1).await,
+        None => purge.await,
+    };
+    if let Err(e) = purged {
+        tracing::warn!(job_id = %id, error = %e, "Could not remove a requeued job's dead letter.");
+    }
 }
 
 fn event_log(state: &AppState) -> EventLog {
@@ -244,7 +298,12 @@ impl Job {
 }
 
 /// The request of a job that failed for good, from its dead letter.
-async fn dead_request(state: &AppState, kind: &Kind, id: JobId) -> Result<JobRequest, ApiError> {
+/// With the dead letter's stream sequence.
+async fn dead_request(
+    state: &AppState,
+    kind: &Kind,
+    id: JobId,
+) -> Result<(JobRequest, u64), ApiError> {
     let message = match state
         .dead
         .direct_get_last_for_subject(subjects::dead(kind, id))
@@ -263,12 +322,13 @@ async fn dead_request(state: &AppState, kind: &Kind, id: JobId) -> Result<JobReq
         }
         Err(e) => return Err(nats_unavailable("reading the dead letter", e)),
     };
-    serde_json::from_slice(&message.payload).map_err(|e| {
+    let request = serde_json::from_slice(&message.payload).map_err(|e| {
         ApiError::conflict(format!(
             "job {id} failed because its message could not be decoded ({e}); \
              retrying it would fail the same way"
         ))
-    })
+    })?;
+    Ok((request, message.sequence))
 }
 
 fn encode(snapshot: &JobSnapshot) -> Result<Bytes, ApiError> {

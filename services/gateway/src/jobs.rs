@@ -18,6 +18,38 @@ use crate::waiting;
 use crate::watch::Change;
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The `{id}` of `/v1/jobs/{id}…`.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // a schema: the handlers read the id as text, to answer 400 themselves
+pub struct JobIdParam {
+    /// The job's id, a UUID (the gateway makes UUIDv7).
+    id: uuid::Uuid,
+}
+
+/// `Idempotency-Key` on `POST /v1/jobs`.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct IdempotencyKey {
+    /// Retry-safe submission: every request with the same key and body gets the same job
+    /// (1 to 255 visible ASCII characters; a structured-field string `"…"` too).
+    #[param(rename = "Idempotency-Key", min_length = 1, max_length = 255)]
+    idempotency_key: Option<String>,
+}
+
+/// `Prefer: wait=N` (RFC 7240) on submissions.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct Prefer {
+    /// `wait=N`: answer `200` with the final snapshot if the job ends within N seconds
+    /// (at most `JETJOBS_MAX_WAIT_SECS`); it may sit in a list (`respond-async, wait=10`).
+    /// A malformed preference is ignored.
+    #[param(rename = "Prefer")]
+    prefer: Option<String>,
+}
 const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 /// Longest `Idempotency-Key` accepted (the IETF draft leaves it to the server).
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
@@ -25,6 +57,48 @@ const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 /// `POST /v1/jobs`: a new job, or with `Idempotency-Key` the job that key already made.
 /// With `Prefer: wait=N`, a job that ends within N seconds is answered `200` with its
 /// final snapshot.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs",
+    operation_id = "submitJob",
+    tag = "jobs",
+    summary = "Submit a job",
+    description = "Queues a job and answers `202 Accepted` at once with its snapshot and a \
+        `Location`. A `multipart/form-data` body carries the job (part `job`) and a file \
+        (part `file`), uploaded into the kind's upload field.",
+    params(IdempotencyKey, Prefer),
+    request_body(content(
+        (SubmitBody = "application/json"),
+        (crate::multipart::MultipartSubmit = "multipart/form-data"),
+    )),
+    responses(
+        (status = 200, description = "`Prefer: wait=N`: the job ended within N seconds.",
+            body = jetjobs::JobSnapshot, headers(
+            ("Location" = String, description = "`/v1/jobs/{id}`: where the job is."),
+            ("Preference-Applied" = String, description = "`wait=<seconds>` when `Prefer: wait` was honoured."),
+            ("Idempotent-Replayed" = String, description = "`true` when an earlier request made this job."),
+        )),
+        (status = 202, description = "Accepted: the job is queued (or scheduled) and readable.",
+            body = jetjobs::JobSnapshot, headers(
+            ("Location" = String, description = "`/v1/jobs/{id}`: where the job is."),
+            ("Preference-Applied" = String, description = "`wait=<seconds>` when `Prefer: wait` was honoured."),
+            ("Idempotent-Replayed" = String, description = "`true` when an earlier request made this job."),
+        ),
+            links(
+            ("getJob" = (operation_id = "getJob", parameters(("id" = "$response.body#/id")))),
+            ("cancelJob" = (operation_id = "cancelJob", parameters(("id" = "$response.body#/id")))),
+            ("getJobResult" = (operation_id = "getJobResult", parameters(("id" = "$response.body#/id")))),
+        )),
+        (status = 400, description = "Malformed JSON or multipart, an `id` in the body, a bad `Idempotency-Key`.",
+            body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body, or the uploaded file, is too large.",
+            body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Wrong shape, unknown kind (with `kinds`), a payload that does \
+            not fit the kind's schema (with `errors`), out-of-range options, a refused \
+            `callback_url`, a reused `Idempotency-Key`.",
+            body = crate::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     request_headers: HeaderMap,
@@ -90,6 +164,44 @@ async fn create_with_file(
 }
 
 /// `PUT /v1/jobs/{id}`: the client chooses the id; repeating the same PUT is harmless.
+#[utoipa::path(
+    put,
+    path = "/v1/jobs/{id}",
+    operation_id = "putJob",
+    tag = "jobs",
+    summary = "Submit a job with your own id",
+    description = "`202` the first time; the identical request again is `200` with the job's \
+        current snapshot; the same id with a different body is `409`. Also how a `503` \
+        that named a job is retried.",
+    params(JobIdParam, Prefer),
+    request_body(content((SubmitBody = "application/json"))),
+    responses(
+        (status = 200, description = "The same request was made before (or `Prefer: wait=N` and \
+            the job ended): the job's snapshot.", body = jetjobs::JobSnapshot, headers(
+            ("Location" = String, description = "`/v1/jobs/{id}`: where the job is."),
+            ("Preference-Applied" = String, description = "`wait=<seconds>` when `Prefer: wait` was honoured."),
+            ("Idempotent-Replayed" = String, description = "`true` when an earlier request made this job."),
+        )),
+        (status = 202, description = "Accepted: the job is queued (or scheduled) and readable.",
+            body = jetjobs::JobSnapshot, headers(
+            ("Location" = String, description = "`/v1/jobs/{id}`: where the job is."),
+            ("Preference-Applied" = String, description = "`wait=<seconds>` when `Prefer: wait` was honoured."),
+            ("Idempotent-Replayed" = String, description = "`true` when an earlier request made this job."),
+        ),
+            links(
+            ("getJob" = (operation_id = "getJob", parameters(("id" = "$response.body#/id")))),
+            ("cancelJob" = (operation_id = "cancelJob", parameters(("id" = "$response.body#/id")))),
+            ("getJobResult" = (operation_id = "getJobResult", parameters(("id" = "$response.body#/id")))),
+        )),
+        (status = 400, description = "A malformed id, or a body `id` that is not the path's.",
+            body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The id exists with a different kind, payload or options.",
+            body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Wrong shape, unknown kind, a payload that does not fit, \
+            out-of-range options, a refused `callback_url`.",
+            body = crate::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn put(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -192,6 +304,33 @@ async fn respond(
 /// - `If-None-Match` with the current revision: `304`.
 /// - `?wait=N` (long-poll): answers once the job is terminal, or after N seconds with the
 ///   current snapshot; with `If-None-Match`, once the revision differs, or `304` after N s.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}",
+    operation_id = "getJob",
+    tag = "jobs",
+    summary = "A job's status",
+    description = "The job's snapshot, with `ETag: \"<revision>\"`. `If-None-Match` with the \
+        current revision is a `304`. `?wait=N` long-polls: the answer comes once the job \
+        has ended (or, with `If-None-Match`, once it changed), or after N seconds \
+        (at most `JETJOBS_MAX_WAIT_SECS`).",
+    params(
+        JobIdParam,
+        ("wait" = Option<u64>, Query, description = "Long-poll: seconds to wait at most."),
+        ("If-None-Match" = Option<String>, Header,
+            description = "Entity tags (`\"<revision>\"`, or `*`) the client has."),
+    ),
+    responses(
+        (status = 200, description = "The job's snapshot.", body = jetjobs::JobSnapshot,
+            headers(("ETag" = String, description = "`\"<revision>\"` of the snapshot in KV `job_status`."))),
+        (status = 304, description = "Not modified: the job is still at the revision the client has.",
+            headers(("ETag" = String, description = "`\"<revision>\"` of the snapshot."))),
+        (status = 400, description = "A malformed id, or a `wait` that is not whole seconds.",
+            body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "There is no such job.",
+            body = crate::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -408,6 +547,28 @@ pub fn json_response(status: StatusCode, body: Bytes) -> Response {
 
 /// `GET /v1/jobs/{id}/result`: the result document of a succeeded job, whether it is kept
 /// inline in the snapshot or stored in `job_blobs` (streamed from there).
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}/result",
+    operation_id = "getJobResult",
+    tag = "jobs",
+    summary = "A succeeded job's result",
+    description = "The result document, whether kept inline in the snapshot or stored in \
+        `job_blobs` (streamed from there).",
+    params(JobIdParam),
+    responses(
+        (status = 200, description = "The result document (any JSON).", body = serde_json::Value),
+        (status = 400, description = "A malformed id.",
+            body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "There is no such job.",
+            body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The job has no result (not finished, failed or cancelled); \
+            `state` says which.",
+            body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 410, description = "The stored result has aged out of `job_blobs`.",
+            body = crate::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn result(
     State(state): State<AppState>,
     Path(id): Path<String>,

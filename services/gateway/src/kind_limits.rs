@@ -7,7 +7,7 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse as _, Response};
 use jetjobs::Kind;
 use jetjobs::limits::KindLimits;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::AppState;
@@ -16,16 +16,63 @@ use crate::extract::ApiJson;
 use crate::submit::nats_unavailable;
 
 /// The body of `PUT /v1/kinds/{kind}/limits`: a limit left out (or `null`) is no limit.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsBody {
+    /// Jobs of the kind running at once, across every processor replica.
     #[serde(default)]
+    #[schema(minimum = 1)]
     max_running: Option<u32>,
+    /// Jobs of the kind started per second, across every processor replica.
     #[serde(default)]
+    #[schema(minimum = 1)]
     max_per_second: Option<u32>,
 }
 
+/// A kind's global limits; `null`: no limit.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Limits {
+    #[schema(minimum = 1)]
+    max_running: Option<u32>,
+    #[schema(minimum = 1)]
+    max_per_second: Option<u32>,
+}
+
+/// A registered kind, as `GET /v1/kinds/{kind}` shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct KindView {
+    kind: Kind,
+    description: String,
+    /// The processor service that runs it.
+    processor: String,
+    /// Attempts by default.
+    max_attempts: u32,
+    /// Per-attempt time limit by default.
+    timeout_secs: u64,
+    /// The JSON Schema its payloads must fit.
+    #[schema(value_type = Object)]
+    payload_schema: Value,
+    /// The payload field that takes an uploaded blob's id (multipart submits fill it).
+    upload_field: Option<String>,
+    limits: Limits,
+}
+
 /// `GET /v1/kinds`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct KindList {
+    /// By name.
+    kinds: Vec<KindView>,
+}
+
+/// `GET /v1/kinds`.
+#[utoipa::path(
+    get,
+    path = "/v1/kinds",
+    operation_id = "listKinds",
+    tag = "kinds",
+    summary = "Every registered kind",
+    responses((status = 200, description = "Every registered kind: payload schema, defaults, limits.", body = KindList))
+)]
 pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
     let names = state
         .kinds
@@ -39,10 +86,22 @@ pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
             kinds.push(described);
         }
     }
-    Ok(axum::Json(json!({ "kinds": kinds })).into_response())
+    Ok(axum::Json(KindList { kinds }).into_response())
 }
 
 /// `GET /v1/kinds/{kind}`.
+#[utoipa::path(
+    get,
+    path = "/v1/kinds/{kind}",
+    operation_id = "getKind",
+    tag = "kinds",
+    summary = "A registered kind",
+    params(("kind" = String, Path, description = "A registered kind.")),
+    responses(
+        (status = 200, description = "The kind: payload schema, defaults, limits.", body = KindView),
+        (status = 404, description = "No such kind is registered.", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn get(
     State(state): State<AppState>,
     Path(kind): Path<String>,
@@ -55,6 +114,21 @@ pub async fn get(
 }
 
 /// `PUT /v1/kinds/{kind}/limits`: `200` with the kind as `GET /v1/kinds/{kind}` shows it.
+#[utoipa::path(
+    put,
+    path = "/v1/kinds/{kind}/limits",
+    operation_id = "putKindLimits",
+    tag = "kinds",
+    summary = "Set a kind's global limits",
+    description = "Jobs over a limit wait; they are not failed. A limit left out (or `null`) is none.",
+    params(("kind" = String, Path, description = "A registered kind.")),
+    request_body(content((LimitsBody = "application/json"))),
+    responses(
+        (status = 200, description = "The kind with its new limits.", body = KindView),
+        (status = 404, description = "No such kind is registered.", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A limit of 0, or a body of the wrong shape.", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn put_limits(
     State(state): State<AppState>,
     Path(kind): Path<String>,
@@ -97,7 +171,7 @@ pub async fn put_limits(
     }
 }
 
-async fn describe(state: &AppState, kind: &Kind) -> Result<Option<Value>, ApiError> {
+async fn describe(state: &AppState, kind: &Kind) -> Result<Option<KindView>, ApiError> {
     let Some(registered) = state
         .kinds
         .lookup(kind)
@@ -116,16 +190,19 @@ async fn describe(state: &AppState, kind: &Kind) -> Result<Option<Value>, ApiErr
         None => KindLimits::default(),
     };
     let info = &registered.info;
-    Ok(Some(json!({
-        "kind": info.kind,
-        "description": info.description,
-        "processor": info.processor,
-        "max_attempts": info.max_attempts,
-        "timeout_secs": info.timeout_secs,
-        "payload_schema": info.payload_schema,
-        "upload_field": info.upload_field,
-        "limits": limits,
-    })))
+    Ok(Some(KindView {
+        kind: info.kind.clone(),
+        description: info.description.clone(),
+        processor: info.processor.clone(),
+        max_attempts: info.max_attempts,
+        timeout_secs: info.timeout_secs,
+        payload_schema: info.payload_schema.clone(),
+        upload_field: info.upload_field.clone(),
+        limits: Limits {
+            max_running: limits.max_running,
+            max_per_second: limits.max_per_second,
+        },
+    }))
 }
 
 fn parse_kind(raw: &str) -> Result<Kind, ApiError> {

@@ -6,10 +6,12 @@
 
 mod blobs;
 mod control;
+mod dead_letters;
 mod delay;
 pub mod error;
 mod extract;
 mod health;
+mod history;
 mod jobs;
 mod kind_limits;
 mod kinds;
@@ -17,10 +19,12 @@ mod list;
 mod metrics;
 mod multipart;
 mod nats_guard;
+pub mod openapi;
 mod scheduler;
 mod schedules;
 pub mod serve;
 mod sse;
+mod stats;
 mod submit;
 mod telemetry;
 mod ui;
@@ -36,7 +40,6 @@ use async_nats::jetstream::{self, kv};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
-use axum::routing::{get, post};
 use jetjobs::config::NatsArgs;
 use jetjobs::layout;
 use tokio::net::TcpListener;
@@ -217,6 +220,8 @@ pub struct Shared {
     max_delay: Duration,
     /// KV `job_limits`: the limits per kind.
     limits: kv::Store,
+    /// What `GET /v1/stats` keeps between requests.
+    stats: std::sync::Arc<stats::Tracker>,
 }
 
 struct Writers {
@@ -224,67 +229,87 @@ struct Writers {
     snapshots: jetjobs::batch::GroupCommit,
 }
 
-pub fn router(state: AppState, config: &Config) -> Router {
+/// Every route of the gateway, each in the OpenAPI document or named as undocumented
+/// ([`openapi::Routes`]). A new route is an annotated handler (`#[utoipa::path(...)]`)
+/// registered here with `.routes(routes!(module::handler))`; handlers of one path go in
+/// one `routes!`.
+pub fn routes(config: &Config, nats: async_nats::Client) -> openapi::Routes {
+    use openapi::Routes;
+    use utoipa_axum::routes;
     // Request/response routes: each request must be answered within the request timeout.
-    let timed = Router::new()
-        .route("/v1/jobs", post(jobs::create).get(list::list))
-        .route(
-            "/v1/jobs/{id}",
-            get(jobs::get).put(jobs::put).delete(control::cancel),
-        )
-        .route("/v1/jobs/{id}/retry", post(control::retry))
-        .route("/v1/jobs/{id}/result", get(jobs::result))
-        .route(
-            "/v1/schedules",
-            post(schedules::create).get(schedules::list),
-        )
-        .route(
-            "/v1/schedules/{name}",
-            get(schedules::get)
-                .put(schedules::replace)
-                .delete(schedules::delete),
-        )
-        .route("/v1/schedules/{name}/pause", post(schedules::pause))
-        .route("/v1/schedules/{name}/resume", post(schedules::resume))
-        .route("/v1/kinds", get(kind_limits::list))
-        .route("/v1/kinds/{kind}", get(kind_limits::get))
-        .route(
-            "/v1/kinds/{kind}/limits",
-            axum::routing::put(kind_limits::put_limits),
-        )
-        .route_layer(middleware::from_fn_with_state(
-            Duration::from_secs(config.request_timeout_secs),
-            serve::request_timeout,
-        ));
+    let timed = Routes::new()
+        .routes(routes!(jobs::create, list::list))
+        .routes(routes!(jobs::get, jobs::put, control::cancel))
+        .routes(routes!(control::retry))
+        .routes(routes!(jobs::result))
+        .routes(routes!(history::history))
+        .routes(routes!(dead_letters::list))
+        .routes(routes!(dead_letters::replay))
+        .routes(routes!(stats::stats))
+        .routes(routes!(schedules::create, schedules::list))
+        .routes(routes!(
+            schedules::get,
+            schedules::replace,
+            schedules::delete
+        ))
+        .routes(routes!(schedules::pause))
+        .routes(routes!(schedules::resume))
+        .routes(routes!(kind_limits::list))
+        .routes(routes!(kind_limits::get))
+        .routes(routes!(kind_limits::put_limits))
+        .with(|r| {
+            r.route_layer(middleware::from_fn_with_state(
+                Duration::from_secs(config.request_timeout_secs),
+                serve::request_timeout,
+            ))
+        });
     // Long-lived routes (long-poll, SSE, WebSocket) go here, outside the request timeout;
     // they should end by themselves on shutdown (the grace period cuts them otherwise).
-    let streaming: Router<AppState> = Router::new()
-        .route("/v1/jobs/{id}/events", get(sse::job_events))
-        .route("/v1/events", get(sse::all_events))
-        .route("/v1/ws", get(ws::upgrade));
+    let streaming = Routes::new()
+        .routes(routes!(sse::job_events))
+        .routes(routes!(sse::all_events))
+        .routes(routes!(stats::stream))
+        .routes(routes!(ws::upgrade));
     // Uploads and downloads take as long as their bytes do: outside the request timeout,
     // and never compressed here (a blob is whatever its uploader sent; ranges are of its
     // bytes as stored).
-    let blobs = Router::new()
-        .route("/v1/blobs", post(blobs::upload))
-        .route("/v1/blobs/{id}", get(blobs::download));
+    let blobs = Routes::new()
+        .routes(routes!(blobs::upload))
+        .routes(routes!(blobs::download));
     // `route_layer`: an unknown /v1 path is still a 404, whatever the connection.
     let v1 = timed
         .merge(streaming)
-        .layer(compression())
+        .with(|r| r.layer(compression()))
         .merge(blobs)
-        .route_layer(middleware::from_fn_with_state(
-            state.client.clone(),
-            nats_guard::require_nats,
-        ));
+        .with(|r| {
+            r.route_layer(middleware::from_fn_with_state(
+                nats,
+                nats_guard::require_nats,
+            ))
+        });
     let app = if config.ui {
-        v1.merge(ui::router())
+        v1.undocumented(
+            "/ui",
+            "the web dashboard: an HTML page and its assets, a client of the API",
+            ui::router(),
+        )
     } else {
         v1
     };
-    app.route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(metrics::metrics))
+    app.routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(metrics::metrics))
+        .routes(routes!(openapi::document))
+        .undocumented(
+            "/docs",
+            "Swagger UI: the HTML page and assets that show /openapi.json",
+            openapi::docs(),
+        )
+}
+
+pub fn router(state: AppState, config: &Config) -> Router {
+    let (app, api, _) = routes(config, state.client.clone()).split();
+    app.layer(axum::Extension(openapi::Document::new(&api)))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -396,6 +421,7 @@ pub async fn run(
         }
     };
     let status = open(layout::STATUS_BUCKET).await?;
+    let workers = open(layout::WORKERS_BUCKET).await?;
     let push = waiting::Push {
         hub: watch::Hub::new(status.clone(), shutdown.clone()),
         shutdown: shutdown.clone(),
@@ -458,6 +484,7 @@ pub async fn run(
         schedule_room: delay::ScheduleRoom::default(),
         max_delay: Duration::from_secs(config.max_delay_secs),
         limits: open(layout::LIMITS_BUCKET).await?,
+        stats: std::sync::Arc::default(),
         blob_limits: blobs::BlobLimits {
             max_bytes: config.max_blob_bytes,
             ttl: Duration::from_secs(config.blob_ttl_secs),
@@ -469,6 +496,7 @@ pub async fn run(
     }));
     tokio::spawn(blobs::sweep_forever(state.clone(), shutdown.clone()));
     tokio::spawn(scheduler::run(state.clone(), shutdown.clone()));
+    tokio::spawn(stats::run(state.clone(), workers, shutdown.clone()));
     let app = router(state, &config);
     let listener = match listener {
         Some(listener) => listener,

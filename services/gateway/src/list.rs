@@ -425,6 +425,45 @@ async fn snapshots_of(
     Ok(out)
 }
 
+/// A page of `GET /v1/jobs`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // a schema: the page is written from the stored snapshots' bytes
+pub struct JobPage {
+    /// Newest first by creation.
+    jobs: Vec<jetjobs::JobSnapshot>,
+    /// The next page's `cursor` (with the same filters); `null`: no more.
+    next_cursor: Option<String>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/jobs",
+    operation_id = "listJobs",
+    tag = "jobs",
+    summary = "List jobs",
+    description = "Newest first by creation. A page reads a bounded window of `JOBS_INDEX`: \
+        with a rare filter it may hold fewer than `limit` jobs and still a `next_cursor`. \
+        With `Accept: application/x-ndjson`, every matching job, one snapshot per line \
+        (an export, not a page).",
+    params(
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Jobs per page (50)."),
+        ("kind" = Option<String>, Query, description = "Only jobs of this kind."),
+        ("state" = Option<String>, Query, description = "Only jobs in this state, or any of \
+            several comma-separated (`succeeded,failed`)."),
+        ("created_after" = Option<chrono::DateTime<chrono::Utc>>, Query, description = "RFC 3339."),
+        ("created_before" = Option<chrono::DateTime<chrono::Utc>>, Query, description = "RFC 3339."),
+        ("cursor" = Option<String>, Query, description = "A page's `next_cursor`, with the same filters."),
+    ),
+    responses(
+        (status = 200, description = "A page of jobs.",
+            content(
+                (JobPage = "application/json"),
+                (jetjobs::JobSnapshot = "application/x-ndjson"),
+            ),
+            headers(("Link" = String, description = "`<…&cursor=…>; rel=\"next\"` when there is more."))),
+        (status = 400, description = "A bad parameter, or a cursor from other filters.", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     RawQuery(raw): RawQuery,

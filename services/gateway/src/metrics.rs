@@ -26,6 +26,15 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "operations",
+    summary = "Prometheus metrics",
+    responses((status = 200, description = "OpenMetrics text exposition.",
+        content_type = "application/openmetrics-text", body = String))
+)]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     state.exposition.response().await
 }

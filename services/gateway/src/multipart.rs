@@ -14,6 +14,19 @@ use crate::submit::SubmitBody;
 const JOB_PART: &str = "job";
 const FILE_PART: &str = "file";
 
+/// `POST /v1/jobs` as `multipart/form-data` (the schema in the OpenAPI document).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // a schema: the parts are read as a stream
+pub struct MultipartSubmit {
+    /// The job, as the JSON body would be (`Content-Type: application/json`); the
+    /// kind's upload field is filled in with the file's blob id.
+    #[schema(value_type = String, content_media_type = "application/json")]
+    job: String,
+    /// The file, streamed into `job_blobs`.
+    #[schema(value_type = String, format = Binary, content_media_type = "application/octet-stream")]
+    file: String,
+}
+
 pub fn is_multipart(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)

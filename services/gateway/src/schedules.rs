@@ -40,13 +40,15 @@ const LAST_JOBS_KEPT: usize = 10;
 const CAS_TRIES: usize = 5;
 
 /// The body of `POST /v1/schedules` and `PUT /v1/schedules/{name}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleBody {
     /// Required on POST; on PUT, if given, it must equal the path's name.
     #[serde(default)]
+    #[schema(pattern = "^[a-z0-9_-]{1,64}$")]
     name: Option<String>,
-    /// Six fields, seconds first (`0 */5 * * * *`), or `@hourly`, `@daily`, ...
+    /// Six fields, seconds first (`0 */5 * * * *`), or `@hourly`, `@daily`, ...; or
+    /// `every`, not both.
     #[serde(default)]
     cron: Option<String>,
     /// An interval such as `30s`, `5m` or `1h30m` (at least 1 s).
@@ -58,6 +60,36 @@ pub struct ScheduleBody {
     /// The job each firing makes: a submit body without `id`, `run_at` or `delay_secs`
     /// (`expires_in_secs` counts from each firing).
     job: SubmitBody,
+}
+
+/// A schedule as the API shows it: its definition and `next_run_at`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // a schema: what `view` writes
+pub struct ScheduleView {
+    name: String,
+    #[schema(required = false)]
+    cron: Option<String>,
+    #[schema(required = false)]
+    every: Option<String>,
+    #[schema(required = false)]
+    time_zone: Option<String>,
+    /// The job each firing makes.
+    job: SubmitBody,
+    paused: bool,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    /// The ids of the last jobs its firings made, oldest first.
+    last_jobs: Vec<JobId>,
+    /// The next firing; `null` while paused.
+    next_run_at: Option<DateTime<Utc>>,
+}
+
+/// `GET /v1/schedules`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ScheduleList {
+    /// By name.
+    schedules: Vec<ScheduleView>,
 }
 
 /// A schedule's definition as stored in `job_schedules` and shown by the API.
@@ -240,6 +272,25 @@ async fn check_job(state: &AppState, job: &SubmitBody) -> Result<(), ApiError> {
 }
 
 /// `POST /v1/schedules`: `201` with `Location`; `409` if the name is taken.
+#[utoipa::path(
+    post,
+    path = "/v1/schedules",
+    operation_id = "createSchedule",
+    tag = "schedules",
+    summary = "Create a recurring schedule",
+    request_body(content((ScheduleBody = "application/json"))),
+    responses(
+        (status = 201, description = "Created.", body = ScheduleView,
+            headers(("Location" = String, description = "`/v1/schedules/{name}`.")),
+            links(
+                ("getSchedule" = (operation_id = "getSchedule", parameters(("name" = "$response.body#/name")))),
+                ("deleteSchedule" = (operation_id = "deleteSchedule", parameters(("name" = "$response.body#/name")))),
+                ("pauseSchedule" = (operation_id = "pauseSchedule", parameters(("name" = "$response.body#/name")))),
+            )),
+        (status = 409, description = "A schedule of that name exists.", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A bad name, cron, interval, zone or job.", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     ApiJson(body, _): ApiJson<ScheduleBody>,
@@ -279,6 +330,22 @@ pub async fn create(
 
 /// `PUT /v1/schedules/{name}`: replaces the schedule (`200`), or creates it (`201`). A
 /// paused schedule stays paused.
+#[utoipa::path(
+    put,
+    path = "/v1/schedules/{name}",
+    operation_id = "replaceSchedule",
+    tag = "schedules",
+    summary = "Create or replace a schedule",
+    params(("name" = String, Path, description = "The schedule's name: 1 to 64 of a-z, 0-9, `_` and `-`.")),
+    request_body(content((ScheduleBody = "application/json"))),
+    responses(
+        (status = 200, description = "Replaced (a paused schedule stays paused).", body = ScheduleView),
+        (status = 201, description = "Created.", body = ScheduleView,
+            headers(("Location" = String, description = "`/v1/schedules/{name}`."))),
+        (status = 400, description = "A body `name` that is not the path's.", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A bad name, cron, interval, zone or job.", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn replace(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -345,6 +412,20 @@ pub async fn replace(
 }
 
 /// `DELETE /v1/schedules/{name}`: `204`; the schedule makes no more jobs (its jobs stay).
+#[utoipa::path(
+    delete,
+    path = "/v1/schedules/{name}",
+    operation_id = "deleteSchedule",
+    tag = "schedules",
+    summary = "Delete a schedule",
+    description = "It makes no more jobs; the jobs it made stay.",
+    params(("name" = String, Path, description = "The schedule's name: 1 to 64 of a-z, 0-9, `_` and `-`.")),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 404, description = "There is no such schedule.", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A malformed name.", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn delete(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -363,6 +444,19 @@ pub async fn delete(
 }
 
 /// `POST /v1/schedules/{name}/pause`.
+#[utoipa::path(
+    post,
+    path = "/v1/schedules/{name}/pause",
+    operation_id = "pauseSchedule",
+    tag = "schedules",
+    summary = "Pause a schedule",
+    params(("name" = String, Path, description = "The schedule's name: 1 to 64 of a-z, 0-9, `_` and `-`.")),
+    responses(
+        (status = 200, description = "Paused.", body = ScheduleView),
+        (status = 404, description = "There is no such schedule.", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A malformed name.", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn pause(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -371,6 +465,19 @@ pub async fn pause(
 }
 
 /// `POST /v1/schedules/{name}/resume`.
+#[utoipa::path(
+    post,
+    path = "/v1/schedules/{name}/resume",
+    operation_id = "resumeSchedule",
+    tag = "schedules",
+    summary = "Resume a paused schedule",
+    params(("name" = String, Path, description = "The schedule's name: 1 to 64 of a-z, 0-9, `_` and `-`.")),
+    responses(
+        (status = 200, description = "Resumed.", body = ScheduleView),
+        (status = 404, description = "There is no such schedule.", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A malformed name.", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn resume(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -415,6 +522,14 @@ async fn set_paused(state: &AppState, name: &str, paused: bool) -> Result<Respon
 }
 
 /// `GET /v1/schedules`: every schedule, by name.
+#[utoipa::path(
+    get,
+    path = "/v1/schedules",
+    operation_id = "listSchedules",
+    tag = "schedules",
+    summary = "Every schedule",
+    responses((status = 200, description = "Every schedule, by name.", body = ScheduleList))
+)]
 pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
     let mut names: Vec<String> = state
         .schedule_defs
@@ -436,6 +551,19 @@ pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
 }
 
 /// `GET /v1/schedules/{name}`.
+#[utoipa::path(
+    get,
+    path = "/v1/schedules/{name}",
+    operation_id = "getSchedule",
+    tag = "schedules",
+    summary = "A schedule",
+    params(("name" = String, Path, description = "The schedule's name: 1 to 64 of a-z, 0-9, `_` and `-`.")),
+    responses(
+        (status = 200, description = "Its definition, `paused`, `next_run_at`, `last_jobs`.", body = ScheduleView),
+        (status = 404, description = "There is no such schedule.", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A malformed name.", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn get(
     State(state): State<AppState>,
     Path(name): Path<String>,

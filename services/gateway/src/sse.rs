@@ -35,6 +35,26 @@ const HISTORY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `GET /v1/jobs/{id}/events`: the job's current snapshot, then every change, until the
 /// terminal snapshot.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}/events",
+    operation_id = "streamJobEvents",
+    tag = "events",
+    summary = "A job's changes (Server-Sent Events)",
+    description = "The job's current snapshot, then every change until its terminal snapshot, \
+        after which the stream closes. Each event is `event: snapshot`, `id: <KV revision>`, \
+        `data: <snapshot JSON>`; comments keep an idle stream alive.",
+    params(
+        crate::jobs::JobIdParam,
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this revision."),
+    ),
+    responses(
+        (status = 200, description = "The stream of snapshots.", content_type = "text/event-stream",
+            body = String),
+        (status = 400, description = "A malformed id or `Last-Event-ID`.", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "There is no such job.", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn job_events(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -201,6 +221,25 @@ fn sse_response(mut receiver: mpsc::Receiver<Event>, keepalive: Duration) -> Res
 
 /// `GET /v1/events[?kind=a&kind=b]`: every snapshot change of every job (or of those
 /// kinds), from now on or after `Last-Event-ID`. Never ends by itself.
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    operation_id = "streamEvents",
+    tag = "events",
+    summary = "Every job's changes (Server-Sent Events)",
+    description = "Every snapshot change of every job, or of the given kinds, from now on (or \
+        after `Last-Event-ID`). Same event format as a job's stream; never ends by itself. At \
+        most `JETJOBS_MAX_EVENT_STREAMS` at once per gateway (then `503`).",
+    params(
+        ("kind" = Option<Vec<String>>, Query, explode = true, description = "Only jobs of these kinds."),
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this revision."),
+    ),
+    responses(
+        (status = 200, description = "The stream of snapshots.", content_type = "text/event-stream",
+            body = String),
+        (status = 400, description = "A malformed or unknown parameter, or `Last-Event-ID`.", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn all_events(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,

@@ -25,35 +25,49 @@ use crate::AppState;
 use crate::error::ApiError;
 
 /// The body of `POST /v1/jobs` and `PUT /v1/jobs/{id}`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// (The schema in `/openapi.json` is `oneOf` one per registered kind, with its payload
+/// schema: see `openapi::with_kinds`.)
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitBody {
     /// Only on PUT, and then it must equal the path's id.
     #[serde(default, skip_serializing)]
     pub id: Option<uuid::Uuid>,
     pub kind: Kind,
+    /// The job's input; its schema is the kind's (`GET /v1/kinds/{kind}`). Default `{}`.
     #[serde(default = "empty_object")]
     pub payload: Value,
+    /// Attempts at most (default per kind, 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 25)]
     pub max_attempts: Option<u32>,
+    /// Per-attempt time limit (default per kind).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 86400)]
     pub timeout_secs: Option<u64>,
-    /// Where to POST the job's events (webhooks). Absent fields leave the fingerprint of
-    /// a body without them as it was.
+    /// Where to POST the job's events (webhooks): an absolute `http` or `https` URL
+    /// without user or password; an IP literal must be public (or allow-listed).
+    // Absent fields leave the fingerprint of a body without them as it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = "uri", max_length = 2048)]
     pub callback_url: Option<String>,
+    /// Which events to deliver (needs `callback_url`); default: how the job ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_items = 1)]
     pub callback_events: Option<Vec<CallbackEvent>>,
     /// Run no earlier than this (RFC 3339); or `delay_secs` from now. Not both.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Run no earlier than this many seconds from now (at most `JETJOBS_MAX_DELAY_SECS`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0)]
     pub delay_secs: Option<f64>,
     /// Not started by this time (RFC 3339), or `expires_in_secs` after it could first
     /// start, the job is cancelled. Not both.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(exclusive_minimum = 0)]
     pub expires_in_secs: Option<f64>,
     /// `high`, `normal` (the default) or `low`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
+use axum::response::IntoResponse as _;
 use axum::response::Response;
 use futures::{SinkExt as _, StreamExt as _};
 use jetjobs::{JobId, Kind};
@@ -25,6 +27,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::AppState;
+use crate::error::ApiError;
 use crate::waiting;
 use crate::watch::{self, Change};
 
@@ -42,7 +45,41 @@ const PING_EVERY: Duration = Duration::from_secs(20);
 /// KV reads in flight while answering a subscribe.
 const READ_CONCURRENCY: usize = 16;
 
-pub async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+#[utoipa::path(
+    get,
+    path = "/v1/ws",
+    operation_id = "websocket",
+    tag = "events",
+    summary = "Many jobs' changes (WebSocket)",
+    description = "A WebSocket (RFC 6455). Client to server: \
+        `{\"op\":\"subscribe\",\"jobs\":[ids],\"kinds\":[kinds]}` and `unsubscribe`. Server to \
+        client: `{\"type\":\"subscribed\",…}`, `{\"type\":\"snapshot\",\"revision\":N,\"job\":{…}}` \
+        and `{\"type\":\"error\",\"detail\":\"…\"}`. At most 1000 jobs + kinds per \
+        connection, 64 KiB per message.",
+    responses(
+        (status = 101, description = "Switching protocols: the WebSocket is open."),
+        (status = 400, description = "Not a WebSocket handshake (missing or wrong `Upgrade`, \
+            `Connection`, `Sec-WebSocket-Key` or `Sec-WebSocket-Version`).", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 426, description = "The connection cannot be upgraded.", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn upgrade(
+    State(state): State<AppState>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    // axum's own rejection is a text/plain body: every error here is problem+json.
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => {
+            let status = rejection.status();
+            let kind = if status == axum::http::StatusCode::UPGRADE_REQUIRED {
+                "upgrade-required"
+            } else {
+                "bad-request"
+            };
+            return ApiError::new(status, kind, rejection.body_text()).into_response();
+        }
+    };
     ws.max_message_size(MAX_MESSAGE_BYTES)
         .max_frame_size(MAX_MESSAGE_BYTES)
         .on_upgrade(move |socket| connection(state, socket))

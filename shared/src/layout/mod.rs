@@ -56,6 +56,8 @@ pub const SCHEDULES_BUCKET: &str = "job_schedules";
 pub const LIMITS_BUCKET: &str = "job_limits";
 /// Running leases and start counters that enforce the limits across replicas.
 pub const LEASES_BUCKET: &str = "job_leases";
+/// KV `job_workers`: each processor replica's presence and activity (`crate::presence`).
+pub const WORKERS_BUCKET: &str = "job_workers";
 /// The consumer that turns firings into jobs; every gateway replica pulls from it.
 pub const SCHEDULER_CONSUMER: &str = "scheduler";
 pub const STATUS_CONSUMER: &str = "status-projector";
@@ -509,6 +511,14 @@ impl Layout {
                 1,
                 self.ack_wait,
                 64 << 20,
+            ),
+            // A replica that died without a word disappears after this long.
+            bucket(
+                WORKERS_BUCKET,
+                "jetjobs processor replicas: what each runs now, key = processor.instance",
+                1,
+                crate::presence::TTL,
+                16 << 20,
             ),
             bucket(
                 IDEMPOTENCY_BUCKET,

@@ -105,6 +105,8 @@ impl Runtime {
             }
         };
         let payload = std::mem::take(&mut request.payload);
+        // Counted as held (`GET /v1/stats`) until this delivery is settled.
+        let _held = self.presence.hold(&request.kind, delivered > 1);
         // One span per attempt, a child of the span that submitted the job (the gateway's
         // request): a job is one trace however many attempts and replicas it takes.
         // The processor runtime's spans keep one target whatever file they are made in.
@@ -229,6 +231,7 @@ impl Runtime {
                 return;
             }
             tracing::debug!("Job started.");
+            let running = self.presence.run(&request.kind);
             let kind = KindLabel::new(&request.kind);
             self.metrics.started.get_or_create(&kind).inc();
             if fence.attempt == request.prior_attempts + 1 {
@@ -278,6 +281,7 @@ impl Runtime {
             // lease is held until then: in JOB_EVENTS, a job of a limited kind starts
             // only after the one whose lease it takes has ended.
             drop(slot);
+            drop(running);
             drop(cancelled_by_client);
             if matches!(ended, Ended::Ran(_)) {
                 self.metrics
@@ -414,6 +418,7 @@ impl Runtime {
                             .succeeded
                             .get_or_create(&KindLabel::new(&request.kind))
                             .inc();
+                        self.presence.succeeded(&request.kind);
                         ended_as("succeeded", None);
                         self.ack(&delivery.message).await;
                         tracing::debug!("Job succeeded.");
@@ -579,6 +584,7 @@ impl Runtime {
             .failed
             .get_or_create(&KindLabel::new(&request.kind))
             .inc();
+        self.presence.failed(&request.kind);
         // Only the delivery whose `failed` was stored (or a redelivery after it) writes
         // the dead letter, so there is one.
         let dead = self

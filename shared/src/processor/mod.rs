@@ -187,6 +187,7 @@ impl Processor {
                 Requirement::Bucket(layout::KINDS_BUCKET),
                 Requirement::Bucket(layout::LIMITS_BUCKET),
                 Requirement::Bucket(layout::LEASES_BUCKET),
+                Requirement::Bucket(layout::WORKERS_BUCKET),
                 Requirement::Consumer {
                     stream: layout::JOBS_STREAM,
                     name: self.name.clone(),
@@ -297,7 +298,21 @@ impl Processor {
         // Watched until the runtime is gone.
         let writing_limits = CancellationToken::new();
         let _stop_limits = writing_limits.clone().drop_guard();
+        let presence = Arc::new(crate::presence::Presence::new(
+            &self.name,
+            self.handlers.keys().cloned(),
+            config.concurrency,
+        ));
+        let workers = js
+            .get_key_value(layout::WORKERS_BUCKET)
+            .await
+            .map_err(|e| nats(&e))?;
+        // Said until the runtime is gone (jobs finishing during shutdown still count).
+        let present = CancellationToken::new();
+        let _stop_presence = present.clone().drop_guard();
+        tokio::spawn(Arc::clone(&presence).publish(workers, present));
         let runtime = Arc::new(Runtime {
+            presence,
             metrics,
             events: EventLog::new(js.clone(), events).with_group_commit(group),
             dead,

@@ -36,6 +36,8 @@ pub(super) struct Runtime {
     pub jobs: jetstream::stream::Stream,
     /// Cancelled on shutdown: jobs still waiting for a run slot are handed back.
     pub stop_starting: CancellationToken,
+    /// What this replica holds and runs, published to KV `job_workers`.
+    pub presence: Arc<crate::presence::Presence>,
 }
 
 impl Runtime {
