@@ -570,6 +570,68 @@ async fn every_service_works_under_its_own_user() {
         .expect("GET kinds");
     assert_eq!(response.status(), 200, "list kinds");
 
+    // History, dead letters and stats: batched direct gets, a replayed job's dead letter
+    // removed, the processors' presence written and watched.
+    let response = http
+        .post(format!("{base}/v1/jobs"))
+        .json(&json!({"kind": "flaky", "payload": {"fail": "permanent", "times": 1}}))
+        .send()
+        .await
+        .expect("POST a dying job");
+    let dead: Value = response.json().await.expect("snapshot");
+    let dead_id = dead["id"].as_str().expect("id").to_string();
+    let listed = eventually(Duration::from_secs(30), || async {
+        let page: Value = http
+            .get(format!("{base}/v1/dead-letters?kind=flaky"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        page["dead_letters"]
+            .as_array()?
+            .iter()
+            .any(|l| l["id"] == dead_id.as_str())
+            .then_some(())
+    })
+    .await;
+    assert!(listed.is_some(), "the dead job was never listed");
+    let replayed: Value = http
+        .post(format!("{base}/v1/dead-letters/replay"))
+        .json(&json!({"ids": [dead_id]}))
+        .send()
+        .await
+        .expect("POST replay")
+        .json()
+        .await
+        .expect("replay outcome");
+    assert_eq!(replayed["replayed"], json!([dead_id]), "{replayed}");
+    let response = http
+        .get(format!("{base}/v1/jobs/{dead_id}/history"))
+        .send()
+        .await
+        .expect("GET history");
+    assert_eq!(response.status(), 200, "history");
+    let seen = eventually(Duration::from_secs(30), || async {
+        let stats: Value = http
+            .get(format!("{base}/v1/stats"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let names: Vec<&str> = stats["processors"]
+            .as_array()?
+            .iter()
+            .filter_map(|p| p["name"].as_str())
+            .collect();
+        (names.contains(&"processor-io") && names.contains(&"processor-cpu")).then_some(())
+    })
+    .await;
+    assert!(seen.is_some(), "the processors' presence never showed in /v1/stats");
+
     shutdown.cancel();
     for task in tasks {
         task.await.expect("service task");
