@@ -27,6 +27,7 @@ mod scheduling;
 mod sse;
 mod sse_client;
 mod stats;
+mod ui;
 mod uploads;
 mod wait;
 mod ws;
