@@ -1,0 +1,98 @@
+//! `jetjobs watch`: live over SSE until the job ends; the exit code says how it ended.
+
+use std::time::Duration;
+
+use crate::helpers::{System, jetjobs, json, stdout, submit};
+
+/// The state lines `watch` printed, in order (`12:00:01Z  running  attempt 1/3`).
+fn states(out: &str) -> Vec<String> {
+    out.lines()
+        .take_while(|line| !line.is_empty())
+        .filter_map(|line| line.split_whitespace().nth(1).map(str::to_string))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_a_job_with_progress_to_success() {
+    let system = System::start().await;
+    // Progress reports while it runs (one per round).
+    let id = submit(&system, "hash", r#"{"size": 4000000, "rounds": 50}"#).await;
+
+    let watched = jetjobs(&system, &["watch", &id]).await.code(0);
+    let out = stdout(&watched);
+    let seen = states(&out);
+    assert_eq!(seen.last().map(String::as_str), Some("succeeded"), "{out}");
+    assert!(seen.iter().any(|s| s == "running"), "{out}");
+    // Then the final snapshot, with the result.
+    assert!(out.contains("digest"), "{out}");
+    assert!(out.contains(&id), "{out}");
+
+    // A job that already ended: its end at once. With -o json, the final snapshot only.
+    let done = json(
+        &jetjobs(&system, &["watch", &id, "-o", "json"])
+            .await
+            .code(0),
+    );
+    assert_eq!(done["state"], "succeeded");
+    assert_eq!(done["result"]["rounds"], 50);
+    assert!(
+        done["progress"].is_object() || done["progress"].is_null(),
+        "{done}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_a_cancelled_job_exits_3() {
+    let system = System::start().await;
+    let id = submit(&system, "sleep", r#"{"ms": 30000}"#).await;
+    system
+        .wait_for(&id, Duration::from_secs(30), |s| s["state"] == "running")
+        .await;
+
+    let base = system.base.clone();
+    let watching = {
+        let id = id.clone();
+        tokio::spawn(crate::helpers::run(crate::helpers::command(
+            &base,
+            &["watch", &id],
+        )))
+    };
+    // Let the watcher connect and show `running`, then cancel.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    jetjobs(&system, &["cancel", &id]).await.success();
+
+    let watched = watching.await.expect("watch").code(3);
+    let out = stdout(&watched);
+    let seen = states(&out);
+    assert_eq!(seen.first().map(String::as_str), Some("running"), "{out}");
+    assert_eq!(seen.last().map(String::as_str), Some("cancelled"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_a_failed_job_exits_1() {
+    let system = System::start().await;
+    let id = submit(&system, "flaky", r#"{"fail": "permanent"}"#).await;
+
+    let watched = jetjobs(&system, &["watch", &id]).await.code(1);
+    let out = stdout(&watched);
+    assert_eq!(
+        states(&out).last().map(String::as_str),
+        Some("failed"),
+        "{out}"
+    );
+    // The reason is shown with the state and in the final snapshot.
+    assert!(out.contains("error"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_follows_retries() {
+    let system = System::start().await;
+    // Fails once (retryable), then succeeds on attempt 2.
+    let id = submit(&system, "flaky", r#"{"fail": "retryable", "times": 1}"#).await;
+
+    let watched = jetjobs(&system, &["watch", &id]).await.code(0);
+    let out = stdout(&watched);
+    let seen = states(&out);
+    assert_eq!(seen.last().map(String::as_str), Some("succeeded"), "{out}");
+    assert!(out.contains("attempt 2/"), "{out}");
+}
