@@ -51,6 +51,10 @@ pub struct KindActivity {
     /// Since the replica started.
     pub succeeded: u64,
     pub failed: u64,
+    /// The succeeded jobs' times from submission (or `run_at`) to success, summed, in
+    /// milliseconds: over a window, its growth divided by `succeeded`'s is the mean latency.
+    #[serde(default)]
+    pub latency_ms_total: u64,
 }
 
 /// The live counts of one replica; the runtime holds guards, the publisher reads.
@@ -70,6 +74,7 @@ struct Counts {
     running: AtomicU64,
     succeeded: AtomicU64,
     failed: AtomicU64,
+    latency_ms_total: AtomicU64,
 }
 
 impl Presence {
@@ -98,9 +103,12 @@ impl Presence {
         self.guard(kind, Counted::Running)
     }
 
-    pub fn succeeded(&self, kind: &Kind) {
+    /// A job succeeded, `latency` after it was submitted (or due).
+    pub fn succeeded(&self, kind: &Kind, latency: Duration) {
         if let Some(c) = self.counts.get(kind) {
             c.succeeded.fetch_add(1, Ordering::Relaxed);
+            let ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
+            c.latency_ms_total.fetch_add(ms, Ordering::Relaxed);
         }
     }
 
@@ -155,6 +163,7 @@ impl Presence {
                             running: c.running.load(Ordering::Relaxed),
                             succeeded: c.succeeded.load(Ordering::Relaxed),
                             failed: c.failed.load(Ordering::Relaxed),
+                            latency_ms_total: c.latency_ms_total.load(Ordering::Relaxed),
                         },
                     )
                 })
@@ -221,7 +230,7 @@ mod tests {
         let presence = Arc::new(Presence::new("processor-cpu", [kind.clone()], 4));
         let held = presence.hold(&kind, true);
         let running = presence.run(&kind);
-        presence.succeeded(&kind);
+        presence.succeeded(&kind, Duration::from_millis(250));
         let now = presence.record().kinds["hash"];
         assert_eq!(
             now,
@@ -230,7 +239,8 @@ mod tests {
                 redelivered: 1,
                 running: 1,
                 succeeded: 1,
-                failed: 0
+                failed: 0,
+                latency_ms_total: 250,
             }
         );
         drop((held, running));

@@ -246,6 +246,7 @@ pub fn routes(config: &Config, nats: async_nats::Client) -> openapi::Routes {
         .routes(routes!(dead_letters::list))
         .routes(routes!(dead_letters::replay))
         .routes(routes!(stats::stats))
+        .routes(routes!(stats::history))
         .routes(routes!(schedules::create, schedules::list))
         .routes(routes!(
             schedules::get,
@@ -309,7 +310,7 @@ pub fn routes(config: &Config, nats: async_nats::Client) -> openapi::Routes {
 
 pub fn router(state: AppState, config: &Config) -> Router {
     let (app, api, _) = routes(config, state.client.clone()).split();
-    app.layer(axum::Extension(openapi::Document::new(&api)))
+    app.layer(axum::Extension(openapi::Document::new(api)))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

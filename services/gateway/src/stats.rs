@@ -41,6 +41,10 @@ use crate::submit::nats_unavailable;
 
 /// The rates' window.
 pub const WINDOW: Duration = Duration::from_secs(60);
+/// How far back `GET /v1/stats/history` goes.
+pub const HISTORY: Duration = Duration::from_secs(15 * 60);
+/// The spacing of its points.
+const STEP: Duration = Duration::from_secs(10);
 const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 /// How long one computed document answers every request.
 const FRESH_FOR: Duration = Duration::from_millis(500);
@@ -106,6 +110,27 @@ pub struct Rates {
     pub submitted_per_sec: f64,
     pub succeeded_per_sec: f64,
     pub failed_per_sec: f64,
+    /// The mean time from submission (or `run_at`) to success of the jobs that succeeded
+    /// in the window, in milliseconds; null if none did.
+    pub latency_ms: Option<f64>,
+}
+
+/// One point of `GET /v1/stats/history`: the rates over the step that ends at `at`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Point {
+    pub at: DateTime<Utc>,
+    pub submitted_per_sec: f64,
+    pub succeeded_per_sec: f64,
+    pub failed_per_sec: f64,
+    pub latency_ms: Option<f64>,
+}
+
+/// The body of `GET /v1/stats/history`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct StatsHistory {
+    pub step_secs: u64,
+    /// Oldest first; as far back as this gateway has been sampling, at most 15 minutes.
+    pub points: Vec<Point>,
 }
 
 /// What the gateway keeps between requests.
@@ -119,10 +144,60 @@ pub struct Tracker {
 
 struct Sample {
     at: Instant,
+    wall: DateTime<Utc>,
     /// `JOBS_INDEX`'s last sequence: jobs created so far.
     created: u64,
-    /// Per replica: (succeeded, failed) since it started.
-    outcomes: HashMap<String, (u64, u64)>,
+    /// Per replica, since it started.
+    outcomes: HashMap<String, Outcomes>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Outcomes {
+    succeeded: u64,
+    failed: u64,
+    latency_ms_total: u64,
+}
+
+/// What happened between two samples.
+struct Between {
+    seconds: f64,
+    created: u64,
+    succeeded: u64,
+    failed: u64,
+    latency_ms_total: u64,
+}
+
+impl Between {
+    fn of(old: &Sample, new: &Sample) -> Self {
+        let mut sum = Outcomes::default();
+        for (key, now) in &new.outcomes {
+            // A replica that started in between counts from zero.
+            let then = old.outcomes.get(key).copied().unwrap_or_default();
+            sum.succeeded += now.succeeded.saturating_sub(then.succeeded);
+            sum.failed += now.failed.saturating_sub(then.failed);
+            sum.latency_ms_total += now.latency_ms_total.saturating_sub(then.latency_ms_total);
+        }
+        Self {
+            seconds: new.at.duration_since(old.at).as_secs_f64(),
+            created: new.created.saturating_sub(old.created),
+            succeeded: sum.succeeded,
+            failed: sum.failed,
+            latency_ms_total: sum.latency_ms_total,
+        }
+    }
+
+    fn per_sec(&self, n: u64) -> f64 {
+        if self.seconds > 0.0 {
+            n as f64 / self.seconds
+        } else {
+            0.0
+        }
+    }
+
+    /// The mean time from submission to success of the jobs that succeeded in between.
+    fn latency_ms(&self) -> Option<f64> {
+        (self.succeeded > 0).then(|| self.latency_ms_total as f64 / self.succeeded as f64)
+    }
 }
 
 impl Tracker {
@@ -137,26 +212,49 @@ impl Tracker {
 
     fn rates(&self) -> Rates {
         let samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
-        let (Some(oldest), Some(newest)) = (samples.front(), samples.back()) else {
+        let Some(newest) = samples.back() else {
             return Rates::zero();
         };
-        let span = newest.at.duration_since(oldest.at).as_secs_f64();
-        if span <= 0.0 {
+        let Some(oldest) = samples
+            .iter()
+            .find(|s| newest.at.duration_since(s.at) <= WINDOW)
+        else {
             return Rates::zero();
-        }
-        let (mut succeeded, mut failed) = (0u64, 0u64);
-        for (key, (s, f)) in &newest.outcomes {
-            // A replica that started within the window counts from zero.
-            let (s0, f0) = oldest.outcomes.get(key).copied().unwrap_or((0, 0));
-            succeeded += s.saturating_sub(s0);
-            failed += f.saturating_sub(f0);
-        }
+        };
+        let between = Between::of(oldest, newest);
         Rates {
             window_secs: WINDOW.as_secs(),
-            submitted_per_sec: newest.created.saturating_sub(oldest.created) as f64 / span,
-            succeeded_per_sec: succeeded as f64 / span,
-            failed_per_sec: failed as f64 / span,
+            submitted_per_sec: between.per_sec(between.created),
+            succeeded_per_sec: between.per_sec(between.succeeded),
+            failed_per_sec: between.per_sec(between.failed),
+            latency_ms: between.latency_ms(),
         }
+    }
+
+    /// Points [`STEP`] apart over the last [`HISTORY`], oldest first.
+    fn points(&self) -> Vec<Point> {
+        let samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        let mut points = Vec::new();
+        let mut last: Option<&Sample> = None;
+        for sample in samples.iter() {
+            let Some(previous) = last else {
+                last = Some(sample);
+                continue;
+            };
+            if sample.at.duration_since(previous.at) < STEP {
+                continue;
+            }
+            let between = Between::of(previous, sample);
+            points.push(Point {
+                at: sample.wall,
+                submitted_per_sec: between.per_sec(between.created),
+                succeeded_per_sec: between.per_sec(between.succeeded),
+                failed_per_sec: between.per_sec(between.failed),
+                latency_ms: between.latency_ms(),
+            });
+            last = Some(sample);
+        }
+        points
     }
 }
 
@@ -167,6 +265,7 @@ impl Rates {
             submitted_per_sec: 0.0,
             succeeded_per_sec: 0.0,
             failed_per_sec: 0.0,
+            latency_ms: None,
         }
     }
 }
@@ -197,11 +296,15 @@ pub async fn run(state: AppState, workers: kv::Store, shutdown: CancellationToke
             .live_workers()
             .into_iter()
             .map(|r| {
-                let (s, f) = r
+                let sum = r
                     .kinds
                     .values()
-                    .fold((0, 0), |(s, f), k| (s + k.succeeded, f + k.failed));
-                (format!("{}.{}", r.name, r.instance), (s, f))
+                    .fold(Outcomes::default(), |sum, k| Outcomes {
+                        succeeded: sum.succeeded + k.succeeded,
+                        failed: sum.failed + k.failed,
+                        latency_ms_total: sum.latency_ms_total + k.latency_ms_total,
+                    });
+                (format!("{}.{}", r.name, r.instance), sum)
             })
             .collect();
         let mut samples = state
@@ -212,12 +315,13 @@ pub async fn run(state: AppState, workers: kv::Store, shutdown: CancellationToke
         let now = Instant::now();
         samples.push_back(Sample {
             at: now,
+            wall: Utc::now(),
             created,
             outcomes,
         });
         while samples
             .front()
-            .is_some_and(|s| now.duration_since(s.at) > WINDOW)
+            .is_some_and(|s| now.duration_since(s.at) > HISTORY)
         {
             samples.pop_front();
         }
@@ -291,6 +395,28 @@ pub async fn stats(State(state): State<AppState>) -> Result<Response, ApiError> 
         body,
     )
         .into_response())
+}
+
+/// `GET /v1/stats/history`.
+#[utoipa::path(
+    get,
+    path = "/v1/stats/history",
+    operation_id = "statsHistory",
+    tag = "stats",
+    summary = "Throughput and latency of the last 15 minutes",
+    description = "Points 10 s apart, oldest first: jobs submitted, succeeded and failed per \
+        second, and the mean time from submission to success. Kept in this gateway's memory \
+        since it started (at most 15 minutes); another replica has its own.",
+    responses(
+        (status = 200, description = "The points.", body = StatsHistory),
+    )
+)]
+pub async fn history(State(state): State<AppState>) -> Response {
+    axum::Json(StatsHistory {
+        step_secs: STEP.as_secs(),
+        points: state.stats.points(),
+    })
+    .into_response()
 }
 
 /// `GET /v1/stats/events`: the stats document now and then every second.

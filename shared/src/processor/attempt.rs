@@ -418,7 +418,12 @@ impl Runtime {
                             .succeeded
                             .get_or_create(&KindLabel::new(&request.kind))
                             .inc();
-                        self.presence.succeeded(&request.kind);
+                        let since = request
+                            .scheduling
+                            .run_at
+                            .map_or(request.created_at, |at| at.max(request.created_at));
+                        let latency = (crate::job::now() - since).to_std().unwrap_or_default();
+                        self.presence.succeeded(&request.kind, latency);
                         ended_as("succeeded", None);
                         self.ack(&delivery.message).await;
                         tracing::debug!("Job succeeded.");

@@ -137,13 +137,48 @@ async fn rates_follow_what_was_submitted_and_finished_in_the_last_minute() {
         .post(&json!({"kind": "flaky", "payload": {"fail": "permanent"}}))
         .await;
     assert_eq!(failed.status(), StatusCode::ACCEPTED);
-    stats_until(&system, "submitted, succeeded and failed rates", |s| {
+    let now = stats_until(&system, "submitted, succeeded and failed rates", |s| {
         let rates = &s["rates"];
         rates["submitted_per_sec"].as_f64() > Some(0.0)
             && rates["succeeded_per_sec"].as_f64() > Some(0.0)
             && rates["failed_per_sec"].as_f64() > Some(0.0)
     })
     .await;
+    // 21 jobs within the first minute: a rate of at most 21 per second can be seen, and
+    // a latency (noop: milliseconds, not minutes).
+    let rates = &now["rates"];
+    assert!(rates["submitted_per_sec"].as_f64() <= Some(21.0), "{rates}");
+    let latency = rates["latency_ms"].as_f64().expect("a latency");
+    assert!((0.0..60_000.0).contains(&latency), "{rates}");
+
+    // The chart's points: 10 s apart, oldest first, and together they saw the jobs.
+    let history = jetjobs::testing::eventually(WAIT, || async {
+        let history: Value = system
+            .http
+            .get(system.url("/v1/stats/history"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let succeeded: f64 = history["points"]
+            .as_array()?
+            .iter()
+            .filter_map(|p| p["succeeded_per_sec"].as_f64())
+            .sum();
+        (succeeded > 0.0).then_some(history)
+    })
+    .await
+    .expect("a history point with successes");
+    assert_eq!(history["step_secs"], 10);
+    let times: Vec<&str> = history["points"]
+        .as_array()
+        .expect("points")
+        .iter()
+        .map(|p| p["at"].as_str().expect("at"))
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] < w[1]), "{history}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

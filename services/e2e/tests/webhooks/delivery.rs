@@ -98,6 +98,51 @@ async fn a_receiver_that_fails_twice_gets_one_acknowledged_delivery_signed_by_ev
         !text.contains(r#"outcome="failed""#),
         "nothing failed:\n{text}"
     );
+
+    // The job's history tells the deliveries too, after the outcome they delivered.
+    let history: serde_json::Value = system
+        .http
+        .get(system.url(&format!("/v1/jobs/{id}/history")))
+        .send()
+        .await
+        .expect("GET history")
+        .json()
+        .await
+        .expect("history");
+    let events = history["events"].as_array().expect("events");
+    let succeeded = events
+        .iter()
+        .position(|e| e["type"] == "succeeded")
+        .expect("a succeeded event");
+    let deliveries: Vec<(u64, &str, u64)> = events
+        .iter()
+        .filter(|e| e["type"] == "webhook")
+        .map(|e| {
+            (
+                e["delivery_attempt"].as_u64().expect("delivery_attempt"),
+                e["outcome"].as_str().expect("outcome"),
+                e["status"].as_u64().expect("status"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        deliveries,
+        [
+            (1, "retrying", 500),
+            (2, "retrying", 500),
+            (3, "delivered", 200)
+        ],
+        "{history}"
+    );
+    assert!(
+        events
+            .iter()
+            .skip(succeeded)
+            .filter(|e| e["type"] == "webhook")
+            .count()
+            == 3,
+        "every delivery comes after the event it delivers: {history}"
+    );
 }
 
 #[tokio::test]
