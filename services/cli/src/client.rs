@@ -140,6 +140,11 @@ impl Client {
         &self.base
     }
 
+    /// The bound on a request/response exchange; streams use it as their idle bound.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// `base` + the path segments (each escaped: an id cannot change the route).
     pub fn url(&self, segments: &[&str]) -> Url {
         let mut url = self.base.clone();

@@ -130,11 +130,12 @@ pub async fn result(client: &Client, args: ResultArgs) -> Result<u8> {
     let response = client.result(&args.id).await?;
     let length = response.content_length();
     let mut body = response.bytes_stream();
+    // No bound on the whole transfer (a result can be large), but on each silence.
+    let idle = client.timeout();
     match &args.output {
         None => {
             let mut last = None;
-            while let Some(chunk) = body.next().await {
-                let chunk = chunk?;
+            while let Some(chunk) = next_chunk(&mut body, idle).await? {
                 if let Some(&byte) = chunk.last() {
                     last = Some(byte);
                 }
@@ -150,8 +151,7 @@ pub async fn result(client: &Client, args: ResultArgs) -> Result<u8> {
                 let mut file = tokio::fs::File::create(path)
                     .await
                     .map_err(|e| Error::file(path, e))?;
-                while let Some(chunk) = body.next().await {
-                    let chunk = chunk?;
+                while let Some(chunk) = next_chunk(&mut body, idle).await? {
                     file.write_all(&chunk)
                         .await
                         .map_err(|e| Error::file(path, e))?;
@@ -170,6 +170,20 @@ pub async fn result(client: &Client, args: ResultArgs) -> Result<u8> {
         }
     }
     Ok(exit::OK)
+}
+
+/// The next chunk of a body, or an error when none came within `idle`.
+async fn next_chunk(
+    body: &mut (impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
+    idle: std::time::Duration,
+) -> Result<Option<bytes::Bytes>> {
+    match tokio::time::timeout(idle, body.next()).await {
+        Ok(chunk) => Ok(chunk.transpose()?),
+        Err(_) => Err(Error::Unavailable(format!(
+            "the gateway sent nothing for {} s",
+            idle.as_secs()
+        ))),
+    }
 }
 
 /// `jetjobs history`: every page, oldest first.

@@ -16,6 +16,9 @@ use crate::{jobs, sse, tables};
 /// Reconnections in a row after losing the gateway, a second apart, before giving up.
 const MAX_RECONNECTS: u32 = 30;
 const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
+/// A stream silent this long is taken for dead (the gateway sends a keep-alive comment
+/// every `JETJOBS_SSE_KEEPALIVE_SECS`, 15 by default) and reconnected.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 
 /// The exit code for a terminal state; `None` while the job is not done.
 pub fn exit_code(state: &str) -> Option<u8> {
@@ -40,8 +43,11 @@ pub async fn watch(client: &Client, out: &Output, id: &str) -> Result<u8> {
                 failures = 0;
                 let mut parser = sse::Parser::new();
                 let mut body = response.bytes_stream();
-                // A stream that breaks off (the gateway went away) is reconnected below.
-                while let Some(Ok(chunk)) = body.next().await {
+                // A stream that breaks off or falls silent (the gateway went away or froze)
+                // is reconnected below.
+                while let Ok(Some(Ok(chunk))) =
+                    tokio::time::timeout(IDLE_TIMEOUT, body.next()).await
+                {
                     for event in parser.feed(&chunk)? {
                         if event.event != "snapshot" {
                             continue;

@@ -22,6 +22,8 @@ async fn not_found_is_4_and_other_refusals_1() {
         vec!["watch", unknown],
         vec!["cancel", unknown],
         vec!["result", unknown],
+        vec!["history", unknown],
+        vec!["retry", unknown],
     ] {
         let failed = jetjobs(&system, &args).await.code(4);
         let error = stderr(&failed);

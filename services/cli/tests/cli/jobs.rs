@@ -223,3 +223,51 @@ async fn cancel_and_retry() {
     // Only a failed job can be retried.
     jetjobs(&system, &["retry", &id]).await.code(1);
 }
+
+/// Runs `jetjobs ls` with stdout on a terminal (`script` gives it a pseudo-terminal).
+async fn ls_on_a_terminal(system: &System, no_color: Option<&str>) -> String {
+    let mut command = std::process::Command::new("script");
+    command
+        .args([
+            "-qec",
+            &format!("{} ls", env!("CARGO_BIN_EXE_jetjobs")),
+            "/dev/null",
+        ])
+        .env("JETJOBS_URL", &system.base)
+        .env_remove("NO_COLOR")
+        .env_remove("CLICOLOR_FORCE");
+    if let Some(value) = no_color {
+        command.env("NO_COLOR", value);
+    }
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("join")
+        .expect("script (bsdutils) runs the command on a pseudo-terminal");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn colour_only_on_a_terminal_and_never_with_no_color() {
+    let system = System::start().await;
+    let id = submit(&system, "noop", "{}").await;
+    terminal(&system, &id).await;
+    let escape = "\x1b[";
+
+    let coloured = ls_on_a_terminal(&system, None).await;
+    assert!(
+        coloured.contains(&id) && coloured.contains(escape),
+        "{coloured:?}"
+    );
+    let plain = ls_on_a_terminal(&system, Some("1")).await;
+    assert!(plain.contains(&id) && !plain.contains(escape), "{plain:?}");
+    // An empty NO_COLOR does not count (no-color.org).
+    let coloured = ls_on_a_terminal(&system, Some("")).await;
+    assert!(coloured.contains(escape), "{coloured:?}");
+
+    // Piped: no colour, with or without NO_COLOR.
+    let mut piped = crate::helpers::command(&system.base, &["ls"]);
+    piped.env_remove("NO_COLOR");
+    let out = stdout(&crate::helpers::run(piped).await.success());
+    assert!(out.contains(&id) && !out.contains(escape), "{out:?}");
+}
