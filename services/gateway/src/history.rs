@@ -97,6 +97,9 @@ pub struct EntryDoc {
 pub struct History {
     pub id: JobId,
     pub kind: jetjobs::Kind,
+    /// The job's trace (W3C trace id, 32 hex digits): the submitting request's, which
+    /// every attempt joins; null if its events carry none (tracing off).
+    pub trace_id: Option<String>,
     #[schema(value_type = Vec<EntryDoc>)]
     pub events: Vec<Entry>,
     pub next_cursor: Option<String>,
@@ -192,6 +195,7 @@ pub async fn history(
     let more = stored.len() > room;
     stored.truncate(room);
     let last_seq = stored.last().map(|m| m.sequence);
+    let trace_id = stored.iter().find_map(|m| trace_id(&m.headers));
     for message in stored {
         match serde_json::from_slice::<JobEvent>(&message.payload) {
             Ok(event) => events.push(Entry::Event {
@@ -224,6 +228,7 @@ pub async fn history(
     let body = History {
         id,
         kind: snapshot.kind,
+        trace_id,
         events,
         next_cursor,
     };
@@ -232,6 +237,14 @@ pub async fn history(
         response.headers_mut().insert(header::LINK, link);
     }
     Ok(response)
+}
+
+/// The trace id of a `traceparent` header (`00-<trace id>-<span id>-<flags>`).
+fn trace_id(headers: &async_nats::HeaderMap) -> Option<String> {
+    let value = headers.get(jetjobs::subjects::headers::TRACEPARENT)?;
+    let id = value.as_str().split('-').nth(1)?;
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && id.bytes().any(|b| b != b'0'))
+        .then(|| id.to_ascii_lowercase())
 }
 
 async fn read(

@@ -309,6 +309,18 @@ async fn a_caller_traceparent_makes_the_job_part_of_the_callers_trace() {
     .await
     .expect("the attempt joined the caller's trace");
     assert_eq!(attempt.parent_span_id, root.span_context.span_id());
+
+    // The job's history names its trace, so a dashboard can link to it.
+    let history: Value = system
+        .http
+        .get(system.url(&format!("/v1/jobs/{id}/history")))
+        .send()
+        .await
+        .expect("GET history")
+        .json()
+        .await
+        .expect("history");
+    assert_eq!(history["trace_id"], caller_trace, "{history}");
 }
 
 fn names(spans: &[SpanData]) -> Vec<String> {
