@@ -630,7 +630,10 @@ async fn every_service_works_under_its_own_user() {
         (names.contains(&"processor-io") && names.contains(&"processor-cpu")).then_some(())
     })
     .await;
-    assert!(seen.is_some(), "the processors' presence never showed in /v1/stats");
+    assert!(
+        seen.is_some(),
+        "the processors' presence never showed in /v1/stats"
+    );
 
     shutdown.cancel();
     for task in tasks {
