@@ -206,3 +206,38 @@ async fn a_replay_says_what_it_could_not_do_and_refuses_bad_bodies() {
     assert_problem(list(&system, "?cursor=nope").await, StatusCode::BAD_REQUEST).await;
     assert_problem(list(&system, "?kind=Bad!").await, StatusCode::BAD_REQUEST).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_job_that_dies_again_is_a_dead_letter_again() {
+    let system = System::start().await;
+    let response = system
+        .post(&json!({"kind": "flaky", "payload": {"fail": "permanent"}}))
+        .await;
+    let id = response.json::<Value>().await.expect("snapshot")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    system.wait_terminal(&id, WAIT).await;
+    let first = wait_listed(&system, &id).await;
+    assert_eq!(first["attempt"], 1);
+
+    let outcome: Value = replay(&system, &json!({"ids": [id]}))
+        .await
+        .json()
+        .await
+        .expect("outcome");
+    assert_eq!(outcome["replayed"], json!([id]), "{outcome}");
+    // It fails again on attempt 2: one dead letter, the new one (the replay removed only
+    // the one it read).
+    let again = jetjobs::testing::eventually(WAIT, || async {
+        let letters: Vec<Value> = listed(&system, "?kind=flaky")
+            .await
+            .into_iter()
+            .filter(|l| l["id"] == id.as_str())
+            .collect();
+        (letters.len() == 1 && letters[0]["attempt"] == 2).then_some(letters)
+    })
+    .await
+    .expect("listed again, once, for attempt 2");
+    assert!(again[0]["seq"].as_u64() > first["seq"].as_u64());
+}
