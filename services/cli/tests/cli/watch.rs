@@ -39,6 +39,25 @@ async fn watch_a_job_with_progress_to_success() {
         done["progress"].is_object() || done["progress"].is_null(),
         "{done}"
     );
+
+    // On a terminal (`script` gives it one), the progress is a bar: `pos/len pct%`.
+    let id = submit(&system, "hash", r#"{"size": 4000000, "rounds": 300}"#).await;
+    let mut command = std::process::Command::new("script");
+    command
+        .args([
+            "-qec",
+            &format!("{} watch {id}", env!("CARGO_BIN_EXE_jetjobs")),
+            "/dev/null",
+        ])
+        .env("JETJOBS_URL", &system.base);
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("join")
+        .expect("script (bsdutils) runs the command on a pseudo-terminal");
+    let screen = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{screen}");
+    assert!(screen.contains("/300 "), "a progress bar: {screen}");
+    assert!(screen.contains("succeeded"), "{screen}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
