@@ -42,7 +42,7 @@ async fn stats_once_and_watched() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("start jetjobs stats --watch");
-        tokio::time::sleep(Duration::from_millis(2500)).await;
+        tokio::time::sleep(Duration::from_millis(3000)).await;
         let interrupted = std::process::Command::new("kill")
             .args(["-INT", &child.id().to_string()])
             .status()
@@ -60,7 +60,7 @@ async fn stats_once_and_watched() {
             String::from_utf8_lossy(&output.stderr)
         );
         let frames = out.matches(frame_marker).count();
-        assert!(frames >= 2, "{format}: {frames} frames in 2.5 s: {out}");
+        assert!(frames >= 2, "{format}: {frames} frames in 3 s: {out}");
         if format == "json" {
             for line in out.lines() {
                 serde_json::from_str::<serde_json::Value>(line).expect("NDJSON");

@@ -68,22 +68,35 @@ async fn watch_a_cancelled_job_exits_3() {
         .wait_for(&id, Duration::from_secs(30), |s| s["state"] == "running")
         .await;
 
-    let base = system.base.clone();
-    let watching = {
-        let id = id.clone();
-        tokio::spawn(crate::helpers::run(crate::helpers::command(
-            &base,
-            &["watch", &id],
-        )))
-    };
-    // Let the watcher connect and show `running`, then cancel.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The watcher, started as a process whose output is read as it comes.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_jetjobs"))
+        .args(["watch", &id])
+        .env("JETJOBS_URL", &system.base)
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start jetjobs watch");
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    // Once it has shown `running`, cancel.
+    let (first, mut lines) = tokio::task::spawn_blocking(move || {
+        let mut first = String::new();
+        std::io::BufRead::read_line(&mut lines, &mut first).expect("read");
+        (first, lines)
+    })
+    .await
+    .expect("join");
+    assert_eq!(states(&first), ["running"], "{first}");
     jetjobs(&system, &["cancel", &id]).await.success();
 
-    let watched = watching.await.expect("watch").code(3);
-    let out = stdout(&watched);
+    let (out, status) = tokio::task::spawn_blocking(move || {
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut lines, &mut rest).expect("read");
+        (rest, child.wait().expect("wait"))
+    })
+    .await
+    .expect("join");
+    assert_eq!(status.code(), Some(3), "{first}{out}");
     let seen = states(&out);
-    assert_eq!(seen.first().map(String::as_str), Some("running"), "{out}");
     assert_eq!(seen.last().map(String::as_str), Some("cancelled"), "{out}");
 }
 
