@@ -31,7 +31,8 @@ pub struct Cli {
         long,
         env = "JETJOBS_URL",
         default_value = "http://127.0.0.1:8080",
-        global = true
+        global = true,
+        help_heading = "Gateway"
     )]
     pub url: String,
     /// Seconds a request may take in all (not streams: watch, upload, result, submit --file).
@@ -40,7 +41,8 @@ pub struct Cli {
         env = "JETJOBS_HTTP_TIMEOUT_SECS",
         default_value_t = 30,
         value_parser = clap::value_parser!(u64).range(1..=3600),
-        global = true
+        global = true,
+        help_heading = "Gateway"
     )]
     pub http_timeout_secs: u64,
     /// Output format (also accepted after the command).
