@@ -55,7 +55,11 @@ pub async fn stats(client: &Client, out: &Output, args: StatsArgs) -> Result<u8>
             _ = &mut ctrl_c => break,
             _ = tick.tick() => {}
         }
-        current = client.stats().await;
+        // Ctrl-C stops a read in flight too (a slow gateway holds it up to the timeout).
+        current = tokio::select! {
+            _ = &mut ctrl_c => break,
+            stats = client.stats() => stats,
+        };
     }
     Ok(exit::OK)
 }
