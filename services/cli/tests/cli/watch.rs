@@ -128,3 +128,73 @@ async fn watch_follows_retries() {
     assert_eq!(seen.last().map(String::as_str), Some("succeeded"), "{out}");
     assert!(out.contains("attempt 2/"), "{out}");
 }
+
+/// A gateway of the system's own, on `addr` (port 0: any), stopped on drop.
+fn gateway_on(system: &System, addr: std::net::SocketAddr) -> (jetjobs_e2e::Component, String) {
+    let listener = jetjobs_gateway::serve::bind(addr).expect("bind the gateway");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let config = jetjobs_gateway::Config::local(&system.nats.url());
+    let gateway = jetjobs_e2e::Component::spawn("gateway", move |shutdown| {
+        jetjobs_gateway::run(config, Some(listener), shutdown)
+    });
+    (gateway, base)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_reconnects_when_the_gateway_restarts() {
+    let system = System::start().await;
+    // The watcher talks to a gateway of its own, which is stopped and started again on
+    // the same port while the job runs.
+    let (gateway, base) = gateway_on(&system, ([127, 0, 0, 1], 0).into());
+    let addr: std::net::SocketAddr = base
+        .trim_start_matches("http://")
+        .parse()
+        .expect("gateway address");
+    let id = submit(&system, "sleep", r#"{"ms": 4000}"#).await;
+    system
+        .wait_for(&id, Duration::from_secs(30), |s| s["state"] == "running")
+        .await;
+
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_jetjobs"))
+        .args(["watch", &id])
+        .env("JETJOBS_URL", &base)
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start jetjobs watch");
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let (first, mut lines) = tokio::task::spawn_blocking(move || {
+        let mut first = String::new();
+        std::io::BufRead::read_line(&mut lines, &mut first).expect("read");
+        (first, lines)
+    })
+    .await
+    .expect("join");
+    assert_eq!(states(&first), ["running"], "{first}");
+
+    // The stream ends with the gateway; connections are refused for a moment; then a
+    // gateway answers on the same address again.
+    gateway.stop().await;
+    let (_, job) = system.get_job(&id).await;
+    assert_eq!(
+        job["state"], "running",
+        "the watcher lost its stream before the end"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_again, _) = gateway_on(&system, addr);
+
+    let (out, status) = tokio::task::spawn_blocking(move || {
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut lines, &mut rest).expect("read");
+        (rest, child.wait().expect("wait"))
+    })
+    .await
+    .expect("join");
+    assert_eq!(status.code(), Some(0), "{first}{out}");
+    assert_eq!(
+        states(&out).last().map(String::as_str),
+        Some("succeeded"),
+        "{first}{out}"
+    );
+    assert!(out.contains("slept_ms"), "{out}");
+}
