@@ -381,6 +381,10 @@ pub fn problem(status: StatusCode, body: Vec<u8>) -> Error {
     let detail = field("detail")
         .or_else(|| field("title"))
         .or_else(|| {
+            // Text (a proxy's error page), not a JSON document without a detail.
+            if document.is_some() {
+                return None;
+            }
             String::from_utf8_lossy(&body)
                 .lines()
                 .map(str::trim)

@@ -45,24 +45,7 @@ pub async fn submit(client: &Client, out: &Output, args: SubmitArgs) -> Result<u
         }
         None => client.submit(&request).await,
     };
-    let submitted = submitted.map_err(|e| match e {
-        // A 503 that names a job: it may be queued; a PUT with that id finds it or queues
-        // it once, where another POST would make a second job.
-        Error::Api {
-            status,
-            detail,
-            job_id: Some(job_id),
-        } => Error::Api {
-            detail: format!(
-                "{detail}; job {job_id} may be queued: retry with `jetjobs submit {} … --id {job_id}` \
-                 and the same arguments",
-                args.kind
-            ),
-            status,
-            job_id: Some(job_id),
-        },
-        other => other,
-    })?;
+    let submitted = submitted.map_err(|e| may_be_queued(e, &args.kind))?;
     if out.json() {
         out.document(&submitted.snapshot)?;
     } else {
@@ -72,6 +55,26 @@ pub async fn submit(client: &Client, out: &Output, args: SubmitArgs) -> Result<u
         }
     }
     Ok(exit::OK)
+}
+
+/// A 503 that names a job: it may be queued. A PUT with that id finds it or queues it
+/// once, where another POST would make a second job: the error says how to retry.
+fn may_be_queued(error: Error, kind: &str) -> Error {
+    match error {
+        Error::Api {
+            status,
+            detail,
+            job_id: Some(job_id),
+        } => Error::Api {
+            detail: format!(
+                "{detail}; job {job_id} may be queued: retry with `jetjobs submit {kind} … --id {job_id}` \
+                 and the same arguments"
+            ),
+            status,
+            job_id: Some(job_id),
+        },
+        other => other,
+    }
 }
 
 /// The payload from `--payload` or `--payload-file`, if either was given.
@@ -247,4 +250,33 @@ pub async fn ls(client: &Client, out: &Output, args: LsArgs) -> Result<u8> {
         }
     }
     Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::StatusCode;
+
+    #[test]
+    fn a_503_naming_a_job_says_to_retry_with_its_id() {
+        let body = br#"{"type":"/problems/unavailable","title":"Service Unavailable","status":503,
+            "detail":"JetStream did not confirm the job in time","job_id":"6f1c1f0e-8a4b-4d7e-9d55-1d1f4b0f2a10"}"#;
+        let error = may_be_queued(
+            crate::client::problem(StatusCode::SERVICE_UNAVAILABLE, body.to_vec()),
+            "hash",
+        );
+        let line = error.to_string();
+        assert!(
+            line.contains("--id 6f1c1f0e-8a4b-4d7e-9d55-1d1f4b0f2a10")
+                && line.contains("submit hash"),
+            "{line}"
+        );
+        assert_eq!(error.exit_code(), exit::UNAVAILABLE);
+        // Without a job id, nothing was accepted: the error as it is.
+        let plain = crate::client::problem(StatusCode::SERVICE_UNAVAILABLE, b"{}".to_vec());
+        assert_eq!(
+            may_be_queued(plain, "hash").to_string(),
+            "Service Unavailable (503)"
+        );
+    }
 }
