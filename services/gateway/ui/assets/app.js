@@ -403,12 +403,15 @@
         el.textContent = 'reconnecting';
       },
       message(job, e) {
-        perf.events++;
-        const revision = Number(e.lastEventId) || 0;
-        metrics.record(job);
-        for (const listener of jobListeners) listener(job, revision);
+        dispatch(job, Number(e.lastEventId) || 0);
       },
     });
+  }
+
+  function dispatch(job, revision) {
+    perf.events++;
+    metrics.record(job);
+    for (const listener of jobListeners) listener(job, revision);
   }
 
   // ---------------------------------------------------------------- throughput model
@@ -666,7 +669,7 @@
           el.cards,
           h('div', { class: 'panel flush', id: 'kinds-panel' }, h('h2', null, 'Kinds'),
             table(['kind', ['waiting', 'num'], ['scheduled', 'num'], ['running', 'num'], ['succeeded / min', 'num'],
-              ['failed / min', 'num'], ['dead letters', 'num'], ['redelivered', 'num']], el.kinds)),
+              ['failed / min', 'num'], ['dead letters', 'num'], ['held', 'num'], ['redelivered', 'num']], el.kinds)),
           h('div', { class: 'grid two' },
             h('div', { class: 'panel' }, h('h2', null, 'Throughput, last 15 minutes (jobs/s per 10 s)'), el.throughput,
               legend([['succeeded', '--ok'], ['failed', '--bad']])),
@@ -753,9 +756,9 @@
             n(k.waiting), n(k.scheduled), n(k.running), n(m.succeeded), n(m.failed),
             h('td', { class: 'num' }, k.dead_lettered ? h('a', { href: '#/dead-letters' + query({ kind: name }) }, fmtNum(k.dead_lettered))
               : k.dead_lettered === undefined ? '—' : '0'),
-            n(k.redelivered));
+            n(k.ack_pending), n(k.redelivered));
         });
-        fill(el.kinds, rows.length ? rows : h('tr', null, h('td', { colspan: 8, class: 'empty' }, 'No kinds registered yet.')));
+        fill(el.kinds, rows.length ? rows : h('tr', null, h('td', { colspan: 9, class: 'empty' }, 'No kinds registered yet.')));
         const consumers = stats ? stats.consumers || [] : [];
         fill(el.consumers, consumers.length ? consumers.map((c) => h('tr', { dataset: { consumer: c.name } },
           h('td', null, c.stream), h('td', { class: 'mono' }, c.name),
@@ -767,7 +770,8 @@
         const processors = stats ? stats.processors || [] : [];
         fill(el.processors, processors.length ? processors.map((p) => h('tr', null,
           h('td', null, p.name), h('td', { class: 'mono' }, p.instance),
-          h('td', null, (p.kinds || []).join(', ')), h('td', { class: 'num' }, fmtNum(p.running)),
+          h('td', null, (p.kinds || []).join(', ')),
+          h('td', { class: 'num' }, fmtNum(p.running) + (p.concurrency !== undefined ? ' / ' + fmtNum(p.concurrency) : '')),
           h('td', null, fmtTime(p.started_at)), h('td', null, fmtTime(p.seen_at))))
           : h('tr', null, h('td', { colspan: 6, class: 'empty' }, stats ? 'No processor is running.' : '—')));
         setText(el.updated, stats ? 'stats as of ' + fmtTime(stats.at) : '');
@@ -832,7 +836,7 @@
         state: h('td'),
         attempt: h('td', { class: 'num' }),
         progress: h('td'),
-        updated: h('td'),
+        updated: h('td', { class: 'time' }),
         took: h('td', { class: 'num' }),
         error: h('td', { class: 'err-text' }),
       };
@@ -840,7 +844,7 @@
         h('td', { class: 'mono' }, h('a', { href: '#/jobs/' + encodeURIComponent(job.id) }, job.id)),
         h('td', null, job.kind),
         cells.state, cells.attempt, cells.progress,
-        h('td', null, fmtTime(job.created_at)), cells.updated, cells.took, cells.error);
+        h('td', { class: 'time' }, fmtTime(job.created_at)), cells.updated, cells.took, cells.error);
       const row = { tr, job, cells, state: null };
       updateRow(row);
       return row;
@@ -1081,7 +1085,7 @@
       const key = [job.state, job.attempt, job.error, job.webhook ? JSON.stringify(job.webhook) : ''].join('|');
       if (!before || key !== lastHistoryKey) {
         lastHistoryKey = key;
-        scheduleHistory(before ? 300 : 0);
+        scheduleHistory(before && !TERMINAL.has(job.state) ? 300 : 50);
       }
       if (TERMINAL.has(job.state) && stream) {
         stream.close(); // the server closes it too; no reconnect wanted
@@ -1448,6 +1452,7 @@
   function fallbackTimeline(job) {
     const items = [timelineItem({ type: 'created', at: job.created_at }, h('span', { class: 'when' }, fmtTime(job.created_at, true)))];
     for (const err of job.errors || []) {
+      if (job.state === 'failed' && err.attempt === job.attempt) continue; // the last entry says it
       items.push(timelineItem({ type: 'retrying', attempt: err.attempt, error: err.error, at: err.at },
         h('span', { class: 'when' }, fmtTime(err.at, true))));
     }
@@ -1524,7 +1529,7 @@
         if (!details.has(id)) {
           details.set(id, null);
           call('GET', '/v1/jobs/' + encodeURIComponent(id)).then((r) => details.set(id, r.data))
-            .catch((e) => details.set(id, { error: e.message }))
+            .catch((e) => details.set(id, { fetchError: e.message }))
             .finally(() => {
               dirty = true;
               invalidate();
@@ -1561,7 +1566,7 @@
         el.flash = h('div', { class: 'flash' });
         el.body = h('div');
         fill(root,
-          viewHead('Dead letters', 'jobs that failed for good, newest first', [h('label', { class: 'row' }, 'kind ', el.select), el.replayAll]),
+          viewHead('Dead letters', 'jobs that failed for good, oldest first', [h('label', { class: 'row' }, 'kind ', el.select), el.replayAll]),
           el.flash, el.body);
         load();
       },
@@ -1604,7 +1609,7 @@
           rows.push(h('tr', { dataset: { id: key, kind: d.kind } },
             h('td', { class: 'mono' }, d.id ? h('a', { href: '#/jobs/' + encodeURIComponent(d.id) }, d.id) : h('span', { class: 'muted' }, 'not a job (seq ' + d.seq + ')')),
             h('td', null, d.kind),
-            h('td', null, fmtTime(d.failed_at)),
+            h('td', { class: 'time' }, fmtTime(d.failed_at)),
             h('td', { class: 'num' }, fmtNum(d.attempt)),
             h('td', { class: 'err-text' }, d.error),
             h('td', null, h('div', { class: 'row' },
@@ -1619,7 +1624,7 @@
           if (d.id && open.has(d.id)) {
             const snap = details.get(d.id);
             rows.push(h('tr', { class: 'details' }, h('td', { colspan: 6 },
-              snap === null || snap === undefined ? 'Loading…' : snap.error ? h('span', { class: 'err-text' }, snap.error)
+              snap === null || snap === undefined ? 'Loading…' : snap.fetchError ? h('span', { class: 'err-text' }, snap.fetchError)
                 : h('div', null,
                   h('p', null, h('a', { href: '#/jobs/' + encodeURIComponent(d.id) }, 'The job’s page'), ': its timeline, errors and actions.'),
                   h('h3', null, 'Dead letter'), jsonView(d),
@@ -1627,7 +1632,7 @@
           }
         }
         const pager = h('div', { class: 'pager' },
-          cursor ? h('button', { type: 'button', onclick: () => history.back() }, '‹ Newer') : null,
+          cursor ? h('button', { type: 'button', onclick: () => history.back() }, '‹ Back') : null,
           h('button', {
             type: 'button',
             id: 'dead-next',
@@ -1635,7 +1640,7 @@
             onclick: () => {
               location.hash = '#/dead-letters' + query({ kind, cursor: nextCursor });
             },
-          }, 'Older ›'));
+          }, 'Next ›'));
         fill(el.body, h('div', { class: 'panel flush' },
           table(['job', 'kind', 'failed at', ['attempt', 'num'], 'error', ''],
             h('tbody', null, rows.length ? rows : h('tr', null, h('td', { colspan: 6, class: 'empty' }, 'No dead letters' + (kind ? ' of kind ' + kind : '') + '.')))),
@@ -1877,8 +1882,10 @@
     route();
   }
 
-  // For the browser tests: how many events arrived and how many renders they cost.
-  window.__jetjobs = { perf };
+  // For the browser tests: how many events arrived and how many renders they cost, and
+  // a way to feed the page changes faster than a test machine can make real ones (they
+  // take the path of /v1/events' snapshots from there on).
+  window.__jetjobs = { perf, ingest: dispatch };
 
   start();
 })();
