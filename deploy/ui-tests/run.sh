@@ -44,6 +44,8 @@ export PROCESSOR_CPU_ADMIN_LISTEN="127.0.0.1:$P3" NOTIFIER_ADMIN_LISTEN="127.0.0
 RUN_DIR="$(mktemp -d "${TMPDIR:-/tmp}/jetjobs-ui-tests.XXXXXX")"
 export RUN_DIR
 export JETJOBS_SHUTDOWN_GRACE_SECS=2
+# Webhooks to the tests' receiver on 127.0.0.1 (gateway and notifier), retried quickly.
+export JETJOBS_WEBHOOK_ALLOW=127.0.0.1/32 JETJOBS_WEBHOOK_RETRY_BASE_MS=200 JETJOBS_WEBHOOK_RETRY_MAX_MS=1000
 export JETJOBS_URL="http://$JETJOBS_LISTEN"
 export NATS_URL="nats://127.0.0.1:$NATS_PORT"
 export LOADGEN="$ROOT/$BIN_DIR/jetjobs-loadgen"

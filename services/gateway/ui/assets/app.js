@@ -1729,6 +1729,7 @@
       if (num(el.timeout) !== undefined) body.timeout_secs = num(el.timeout);
       if (num(el.delay) !== undefined) body.delay_secs = num(el.delay);
       if (el.priority.value !== 'normal') body.priority = el.priority.value;
+      if (el.callback.value.trim()) body.callback_url = el.callback.value.trim();
       const traceIdHex = randomHex(16);
       const headers = { traceparent: '00-' + traceIdHex + '-' + randomHex(8) + '-01' };
       if (el.idem.value.trim()) headers['idempotency-key'] = el.idem.value.trim();
@@ -1789,6 +1790,7 @@
         el.delay = h('input', { type: 'number', id: 'submit-delay', min: '0', step: 'any', placeholder: 'now' });
         el.priority = h('select', { id: 'submit-priority' }, ['high', 'normal', 'low'].map((p) => h('option', { value: p, selected: p === 'normal' }, p)));
         el.idem = h('input', { type: 'text', id: 'submit-idempotency-key', placeholder: 'optional', autocomplete: 'off' });
+        el.callback = h('input', { type: 'url', id: 'submit-callback-url', placeholder: 'https://… (optional)', autocomplete: 'off' });
         el.submit = h('button', { type: 'submit', class: 'primary', id: 'submit-job', disabled: true }, 'Submit job');
         el.result = h('div', { id: 'submit-result' });
         const form = h('form', { id: 'submit-form', onsubmit: send },
@@ -1803,7 +1805,8 @@
                 h('label', { class: 'field' }, 'timeout per attempt (s)', el.timeout),
                 h('label', { class: 'field' }, 'delay (s)', el.delay),
                 h('label', { class: 'field' }, 'priority', el.priority),
-                h('label', { class: 'field' }, 'idempotency key', el.idem)),
+                h('label', { class: 'field' }, 'idempotency key', el.idem),
+                h('label', { class: 'field' }, 'webhook URL (callback_url)', el.callback)),
               h('div', { class: 'row' }, el.submit,
                 h('button', { type: 'button', onclick: () => selectKind(current && current.kind) }, 'Reset payload'))),
             h('div', null,
