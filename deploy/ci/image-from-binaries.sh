@@ -11,7 +11,7 @@ context="target/image-bins"
 rm -rf "$context"
 mkdir -p "$context"
 for bin in jetjobs-gateway jetjobs-status jetjobs-notifier jetjobs-processor-io \
-           jetjobs-processor-cpu jetjobs-admin jetjobs-loadgen; do
+           jetjobs-processor-cpu jetjobs-admin jetjobs-loadgen jetjobs; do
   [ -x "$BIN_DIR/$bin" ] || { echo "missing $BIN_DIR/$bin: build the workspace first" >&2; exit 1; }
   # Debug info is most of a debug binary's size; symbols stay, so panics name functions.
   strip --strip-debug -o "$context/$bin" "$BIN_DIR/$bin"
