@@ -84,7 +84,7 @@ pub struct Blob {
     description = "Streamed into Object Store `job_blobs` as it arrives (at most \
         `JETJOBS_MAX_BLOB_BYTES`, decoded). A job names it in its kind's upload field; an \
         upload no job takes is deleted after `JETJOBS_BLOB_TTL_SECS`.",
-    request_body(content((Vec<u8> = "*/*")), description = "The bytes; `Content-Type` is kept."),
+    request_body(content((Option<serde_json::Value> = "*/*")), description = "The bytes, any content, possibly none; `Content-Type` is kept."),
     responses(
         (status = 201, description = "Stored.", body = Blob,
             headers(("Location" = String, description = "`/v1/blobs/{id}`.")),
@@ -129,12 +129,12 @@ pub fn created(info: &BlobInfo) -> Response {
         ("Range" = Option<String>, Header, description = "`bytes=<first>-<last>` (one range)."),
     ),
     responses(
-        (status = 200, description = "The blob.", content_type = "*/*", body = Vec<u8>,
+        (status = 200, description = "The blob, as uploaded, with its `Content-Type`.", content_type = "*/*", body = serde_json::Value,
             headers(
                 ("ETag" = String, description = "The blob's digest."),
                 ("Accept-Ranges" = String, description = "`bytes`."),
             )),
-        (status = 206, description = "The requested range.", content_type = "*/*", body = Vec<u8>,
+        (status = 206, description = "The requested range.", content_type = "*/*", body = serde_json::Value,
             headers(
                 ("Content-Range" = String, description = "`bytes <first>-<last>/<size>`."),
                 ("ETag" = String, description = "The blob's digest."),

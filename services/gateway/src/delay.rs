@@ -38,7 +38,7 @@ pub fn timing(
             ));
         }
         (Some(at), None) => Some(at),
-        (None, Some(secs)) => Some(now + seconds(secs, "delay_secs")?),
+        (None, Some(secs)) => Some(after(now, secs, "delay_secs")?),
         (None, None) => None,
     };
     let max = chrono::TimeDelta::from_std(max_delay).unwrap_or(chrono::TimeDelta::MAX);
@@ -68,7 +68,7 @@ pub fn timing(
             ));
         }
         (Some(at), None) => Some(at),
-        (None, Some(secs)) => Some(run_at.unwrap_or(now) + seconds(secs, "expires_in_secs")?),
+        (None, Some(secs)) => Some(after(run_at.unwrap_or(now), secs, "expires_in_secs")?),
         (None, None) => None,
     };
     if let Some(expires) = expires_at {
@@ -93,6 +93,17 @@ pub fn timing(
         expires_at,
         schedule: None,
         priority: body.priority.unwrap_or_default(),
+    })
+}
+
+/// `secs` after `at`; a number of seconds past the calendar's end (`1e300`) is a 422, not
+/// an overflow (it panicked, and the client saw its connection dropped).
+fn after(at: DateTime<Utc>, secs: f64, field: &'static str) -> Result<DateTime<Utc>, ApiError> {
+    at.checked_add_signed(seconds(secs, field)?).ok_or_else(|| {
+        invalid(
+            format!("{field} is further ahead than any date: {secs:e} s"),
+            field,
+        )
     })
 }
 

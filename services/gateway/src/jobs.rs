@@ -35,7 +35,12 @@ pub struct JobIdParam {
 pub struct IdempotencyKey {
     /// Retry-safe submission: every request with the same key and body gets the same job
     /// (1 to 255 visible ASCII characters; a structured-field string `"…"` too).
-    #[param(rename = "Idempotency-Key", min_length = 1, max_length = 255)]
+    #[param(
+        rename = "Idempotency-Key",
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[!-~]([ -~]*[!-~])?$"
+    )]
     idempotency_key: Option<String>,
 }
 
@@ -409,11 +414,18 @@ fn wait_param(query: Option<&str>) -> Result<Option<u64>, ApiError> {
     let mut wait = None;
     for (name, value) in pairs {
         if name == "wait" {
-            wait = Some(value.parse::<u64>().map_err(|_| {
-                ApiError::bad_request(format!(
-                    "wait must be a whole number of seconds, got {value:?}"
-                ))
-            })?);
+            // At most i64::MAX, as the document says (`int64`); it is capped anyway.
+            wait = Some(
+                value
+                    .parse::<i64>()
+                    .ok()
+                    .and_then(|secs| u64::try_from(secs).ok())
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "wait must be a whole number of seconds, got {value:?}"
+                        ))
+                    })?,
+            );
         }
     }
     Ok(wait)

@@ -20,13 +20,38 @@ use crate::submit::nats_unavailable;
 #[serde(deny_unknown_fields)]
 pub struct LimitsBody {
     /// Jobs of the kind running at once, across every processor replica.
-    #[serde(default)]
-    #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(format = Int64, minimum = 1, maximum = 4294967295_u64)]
     max_running: Option<u32>,
     /// Jobs of the kind started per second, across every processor replica.
-    #[serde(default)]
-    #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(format = Int64, minimum = 1, maximum = 4294967295_u64)]
     max_per_second: Option<u32>,
+}
+
+/// A limit: any JSON number with no fraction (`20` or `20.0`, both integers to JSON
+/// Schema and so to the document), or `null`.
+fn whole_number<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u32>, D::Error> {
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    let whole = number.as_u64().or_else(|| {
+        number
+            .as_f64()
+            .filter(|n| n.fract() == 0.0 && *n >= 0.0 && *n <= f64::from(u32::MAX))
+            .map(|n| n as u64)
+    });
+    whole
+        .and_then(|n| u32::try_from(n).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "{number} is not a whole number from 0 to {}",
+                u32::MAX
+            ))
+        })
 }
 
 /// A kind's global limits; `null`: no limit.

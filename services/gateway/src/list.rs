@@ -447,9 +447,10 @@ pub struct JobPage {
         (an export, not a page).",
     params(
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Jobs per page (50)."),
-        ("kind" = Option<String>, Query, description = "Only jobs of this kind."),
-        ("state" = Option<String>, Query, description = "Only jobs in this state, or any of \
-            several comma-separated (`succeeded,failed`)."),
+        ("kind" = Option<String>, Query, pattern = "^[a-z0-9][a-z0-9_-]{0,63}$", description = "Only jobs of this kind."),
+        ("state" = Option<String>, Query,
+            pattern = "^(scheduled|queued|running|retrying|succeeded|failed|cancelled)(,(scheduled|queued|running|retrying|succeeded|failed|cancelled))*$",
+            description = "Only jobs in this state, or any of several comma-separated (`succeeded,failed`)."),
         ("created_after" = Option<chrono::DateTime<chrono::Utc>>, Query, description = "RFC 3339."),
         ("created_before" = Option<chrono::DateTime<chrono::Utc>>, Query, description = "RFC 3339."),
         ("cursor" = Option<String>, Query, description = "A page's `next_cursor`, with the same filters."),

@@ -169,22 +169,24 @@ impl Routes {
         }
     }
 
-    /// The router, the finished document, and the undocumented routes.
-    pub fn split(self) -> (Router<AppState>, OpenApi, Vec<Undocumented>) {
+    /// The router, the finished document (as JSON), and the undocumented routes.
+    pub fn split(self) -> (Router<AppState>, Value, Vec<Undocumented>) {
         let (router, api) = self.api.split_for_parts();
-        (router, finish(api), self.undocumented)
+        (router, finish(&api), self.undocumented)
     }
 }
 
 /// What every operation shares, added once here rather than on each handler: the errors
 /// any `/v1` route can answer (NATS unreachable, a timeout, a bug), those of any JSON
 /// body, and the kind name's rule (a derived schema of a newtype cannot carry it).
-fn finish(api: OpenApi) -> OpenApi {
-    let Ok(mut doc) = serde_json::to_value(&api) else {
-        return api;
-    };
+/// (As JSON: utoipa's types do not read back every schema they write.)
+fn finish(api: &OpenApi) -> Value {
+    let mut doc = serde_json::to_value(api).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "Cannot encode the OpenAPI document.");
+        json!({})
+    });
     patch(&mut doc);
-    serde_json::from_value(doc).unwrap_or(api)
+    doc
 }
 
 fn problem_response(description: &str, retry_after: bool) -> Value {
@@ -208,7 +210,48 @@ fn problem_response(description: &str, retry_after: bool) -> Value {
     response
 }
 
+/// One Server-Sent Event, as a `text/event-stream` response's schema describes each.
+fn sse_event() -> Value {
+    json!({
+        "type": "object",
+        "description": "One Server-Sent Event. `snapshot` events carry a job's snapshot \
+            (`JobSnapshot`) as `data` and its KV revision as `id`; `stats` events carry the \
+            `GET /v1/stats` document.",
+        "required": ["data"],
+        "properties": {
+            "event": {"type": "string", "examples": ["snapshot", "stats"]},
+            "id": {"type": "string", "description": "The KV revision (snapshots): resume with `Last-Event-ID`."},
+            "data": {"type": "string", "contentMediaType": "application/json"},
+            "retry": {"type": "integer"},
+        },
+    })
+}
+
+/// A query, header or path parameter is text on the wire: it can be absent, never `null`.
+fn no_null(schema: &mut Value) {
+    if let Some(types) = schema.get_mut("type").and_then(Value::as_array_mut) {
+        types.retain(|t| t != "null");
+        if types.len() == 1 {
+            let only = types[0].clone();
+            schema["type"] = only;
+        }
+    }
+    if let Some(Value::Array(one_of)) = schema.get_mut("oneOf") {
+        one_of.retain(|s| s.get("type").is_none_or(|t| t != "null"));
+        if one_of.len() == 1 {
+            let only = one_of.remove(0);
+            *schema = only;
+        }
+    }
+}
+
 fn patch(doc: &mut Value) {
+    if let Some(schemas) = doc
+        .pointer_mut("/components/schemas")
+        .and_then(Value::as_object_mut)
+    {
+        schemas.insert("SseEvent".to_string(), sse_event());
+    }
     if let Some(kind) = doc.pointer_mut("/components/schemas/Kind") {
         kind["pattern"] = json!("^[a-z0-9][a-z0-9_-]{0,63}$");
         kind["minLength"] = json!(1);
@@ -231,6 +274,26 @@ fn patch(doc: &mut Value) {
             let json_body = operation
                 .pointer("/requestBody/content/application~1json")
                 .is_some();
+            if let Some(parameters) = operation
+                .get_mut("parameters")
+                .and_then(Value::as_array_mut)
+            {
+                for parameter in parameters {
+                    if let Some(schema) = parameter.get_mut("schema") {
+                        no_null(schema);
+                    }
+                }
+            }
+            if let Some(responses) = operation
+                .get_mut("responses")
+                .and_then(Value::as_object_mut)
+            {
+                for response in responses.values_mut() {
+                    if let Some(stream) = response.pointer_mut("/content/text~1event-stream") {
+                        stream["schema"] = json!({"$ref": "#/components/schemas/SseEvent"});
+                    }
+                }
+            }
             let Some(responses) = operation
                 .get_mut("responses")
                 .and_then(Value::as_object_mut)
@@ -292,11 +355,8 @@ fn patch(doc: &mut Value) {
 pub struct Document(pub Arc<Value>);
 
 impl Document {
-    pub fn new(api: &OpenApi) -> Self {
-        Self(Arc::new(serde_json::to_value(api).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "Cannot encode the OpenAPI document.");
-            json!({})
-        })))
+    pub fn new(doc: Value) -> Self {
+        Self(Arc::new(doc))
     }
 }
 

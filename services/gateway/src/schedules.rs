@@ -42,6 +42,8 @@ const CAS_TRIES: usize = 5;
 /// The body of `POST /v1/schedules` and `PUT /v1/schedules/{name}`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "nightly-report", "cron": "0 30 2 * * *",
+    "time_zone": "Europe/Paris", "job": {"kind": "noop"}}))]
 pub struct ScheduleBody {
     /// Required on POST; on PUT, if given, it must equal the path's name.
     #[serde(default)]
@@ -336,7 +338,7 @@ pub async fn create(
     operation_id = "replaceSchedule",
     tag = "schedules",
     summary = "Create or replace a schedule",
-    params(("name" = String, Path, description = "The schedule's name: 1 to 64 of a-z, 0-9, `_` and `-`.")),
+    params(("name" = String, Path, pattern = "^[a-z0-9_-]{1,64}$", description = "The schedule's name: 1 to 64 of a-z, 0-9, `_` and `-`.")),
     request_body(content((ScheduleBody = "application/json"))),
     responses(
         (status = 200, description = "Replaced (a paused schedule stays paused).", body = ScheduleView),
@@ -419,7 +421,7 @@ pub async fn replace(
     tag = "schedules",
     summary = "Delete a schedule",
     description = "It makes no more jobs; the jobs it made stay.",
-    params(("name" = String, Path, description = "The schedule's name: 1 to 64 of a-z, 0-9, `_` and `-`.")),
+    params(("name" = String, Path, pattern = "^[a-z0-9_-]{1,64}$", description = "The schedule's name: 1 to 64 of a-z, 0-9, `_` and `-`.")),
     responses(
         (status = 204, description = "Deleted."),
         (status = 404, description = "There is no such schedule.", body = crate::openapi::Problem, content_type = "application/problem+json"),
@@ -450,7 +452,7 @@ pub async fn delete(
     operation_id = "pauseSchedule",
     tag = "schedules",
     summary = "Pause a schedule",
-    params(("name" = String, Path, description = "The schedule's name: 1 to 64 of a-z, 0-9, `_` and `-`.")),
+    params(("name" = String, Path, pattern = "^[a-z0-9_-]{1,64}$", description = "The schedule's name: 1 to 64 of a-z, 0-9, `_` and `-`.")),
     responses(
         (status = 200, description = "Paused.", body = ScheduleView),
         (status = 404, description = "There is no such schedule.", body = crate::openapi::Problem, content_type = "application/problem+json"),
@@ -471,7 +473,7 @@ pub async fn pause(
     operation_id = "resumeSchedule",
     tag = "schedules",
     summary = "Resume a paused schedule",
-    params(("name" = String, Path, description = "The schedule's name: 1 to 64 of a-z, 0-9, `_` and `-`.")),
+    params(("name" = String, Path, pattern = "^[a-z0-9_-]{1,64}$", description = "The schedule's name: 1 to 64 of a-z, 0-9, `_` and `-`.")),
     responses(
         (status = 200, description = "Resumed.", body = ScheduleView),
         (status = 404, description = "There is no such schedule.", body = crate::openapi::Problem, content_type = "application/problem+json"),
@@ -557,7 +559,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
     operation_id = "getSchedule",
     tag = "schedules",
     summary = "A schedule",
-    params(("name" = String, Path, description = "The schedule's name: 1 to 64 of a-z, 0-9, `_` and `-`.")),
+    params(("name" = String, Path, pattern = "^[a-z0-9_-]{1,64}$", description = "The schedule's name: 1 to 64 of a-z, 0-9, `_` and `-`.")),
     responses(
         (status = 200, description = "Its definition, `paused`, `next_run_at`, `last_jobs`.", body = ScheduleView),
         (status = 404, description = "There is no such schedule.", body = crate::openapi::Problem, content_type = "application/problem+json"),
@@ -803,8 +805,12 @@ pub async fn fired(state: &AppState, name: &str, message: &jetstream::Message) -
         Err(_) => return false,
     };
     let priority = job.priority.unwrap_or_default();
-    let expires_at = job.expires_in_secs.map(|secs| {
-        fired_at + chrono::TimeDelta::microseconds((secs * 1e6).min(i64::MAX as f64) as i64)
+    // Checked: an expiry past the calendar's end (`1e300` seconds) is none, not a panic
+    // of the scheduler at every firing.
+    let expires_at = job.expires_in_secs.and_then(|secs| {
+        fired_at.checked_add_signed(chrono::TimeDelta::microseconds(
+            (secs * 1e6).min(i64::MAX as f64) as i64,
+        ))
     });
     let request = JobRequest {
         id,

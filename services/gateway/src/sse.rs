@@ -199,11 +199,16 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     if text.is_empty() {
         return Ok(None);
     }
-    text.parse::<u64>().map(Some).map_err(|_| {
-        ApiError::bad_request(format!(
-            "Last-Event-ID must be an event id this API sent (a KV revision), got {text:?}"
-        ))
-    })
+    // A revision is at most i64::MAX, as the document says (`int64`).
+    text.parse::<i64>()
+        .ok()
+        .and_then(|revision| u64::try_from(revision).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "Last-Event-ID must be an event id this API sent (a KV revision), got {text:?}"
+            ))
+        })
 }
 
 fn sse_response(mut receiver: mpsc::Receiver<Event>, keepalive: Duration) -> Response {
