@@ -12,7 +12,6 @@ use std::time::Duration;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse as _, Response};
-use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use jetjobs::direct::{self, Request, Stored};
@@ -25,6 +24,7 @@ use serde_json::json;
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::ApiJson;
+use crate::paging;
 use crate::submit::nats_unavailable;
 
 const DEFAULT_LIMIT: usize = 50;
@@ -100,17 +100,7 @@ pub async fn list(
             ))
         })?;
     let kind = params.kind.as_deref().map(parse_kind).transpose()?;
-    let limit = match params.limit.as_deref() {
-        None => DEFAULT_LIMIT,
-        Some(text) => match text.parse::<usize>() {
-            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-            _ => {
-                return Err(ApiError::bad_request(format!(
-                    "limit must be a whole number from 1 to {MAX_LIMIT}, got {text:?}"
-                )));
-            }
-        },
-    };
+    let limit = paging::limit(params.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
     let after = params
         .cursor
         .as_deref()
@@ -371,27 +361,9 @@ fn parse_kind(raw: &str) -> Result<Kind, ApiError> {
 
 /// A cursor is valid with the kind filter it was made with.
 fn encode_cursor(after: u64, kind: Option<&Kind>) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!(
-        "d1.{after}.{}",
-        kind.map(Kind::as_str).unwrap_or("*")
-    ))
+    paging::encode_cursor("d1", after, kind.map_or("*", Kind::as_str))
 }
 
 fn decode_cursor(cursor: &str, kind: Option<&Kind>) -> Result<u64, ApiError> {
-    let invalid = || {
-        ApiError::bad_request(format!(
-            "cursor {cursor:?} is not one this listing gave out with these filters \
-             (use next_cursor as it is, with the same kind)"
-        ))
-    };
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(cursor)
-        .map_err(|_| invalid())?;
-    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
-    let mut parts = text.splitn(3, '.');
-    let wanted = kind.map(Kind::as_str).unwrap_or("*");
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some("d1"), Some(after), Some(k)) if k == wanted => after.parse().map_err(|_| invalid()),
-        _ => Err(invalid()),
-    }
+    paging::decode_cursor(cursor, "d1", kind.map_or("*", Kind::as_str))
 }

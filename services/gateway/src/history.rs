@@ -11,7 +11,6 @@ use std::time::Duration;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse as _, Response};
-use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use jetjobs::direct::{self, Request, Stored};
 use jetjobs::layout;
@@ -22,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::jobs::parse_id;
+use crate::paging;
 use crate::submit::{self, nats_unavailable};
 
 const DEFAULT_LIMIT: usize = 500;
@@ -148,17 +148,7 @@ pub async fn history(
                 "malformed query string ({e}); known parameters: limit, cursor"
             ))
         })?;
-    let limit = match params.limit.as_deref() {
-        None => DEFAULT_LIMIT,
-        Some(text) => match text.parse::<usize>() {
-            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-            _ => {
-                return Err(ApiError::bad_request(format!(
-                    "limit must be a whole number from 1 to {MAX_LIMIT}, got {text:?}"
-                )));
-            }
-        },
-    };
+    let limit = paging::limit(params.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
     let after = params
         .cursor
         .as_deref()
@@ -270,26 +260,11 @@ async fn read(
 
 /// A cursor names the job it pages, so one job's cursor cannot page another's.
 fn encode_cursor(after: u64, id: JobId) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("h1.{after}.{id}"))
+    paging::encode_cursor("h1", after, &id.to_string())
 }
 
 fn decode_cursor(cursor: &str, id: JobId) -> Result<u64, ApiError> {
-    let invalid = || {
-        ApiError::bad_request(format!(
-            "cursor {cursor:?} is not one this job's history gave out (use next_cursor as it is)"
-        ))
-    };
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(cursor)
-        .map_err(|_| invalid())?;
-    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
-    let mut parts = text.splitn(3, '.');
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some("h1"), Some(after), Some(job)) if job == id.to_string() => {
-            after.parse().map_err(|_| invalid())
-        }
-        _ => Err(invalid()),
-    }
+    paging::decode_cursor(cursor, "h1", &id.to_string())
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ mod metrics;
 mod multipart;
 mod nats_guard;
 pub mod openapi;
+mod paging;
 mod scheduler;
 mod schedules;
 pub mod serve;
