@@ -242,6 +242,13 @@ test('markup in payloads and in the names of fields renders as text', async () =
   assert.deepEqual(found.scripts, ['schema.js', 'app.js'], 'no script element came from the payload');
   assert.deepEqual(found.images, [], 'no image element came from the payload');
   noScriptErrors();
+  // An HTML upload opened from the gateway's origin runs nothing either.
+  const upload = await fetch(BASE + '/v1/blobs', { method: 'POST', headers: { 'content-type': 'text/html' }, body: evil });
+  const blob = await upload.json();
+  await page.goto(BASE + '/v1/blobs/' + blob.id);
+  await page.waitForTimeout(300);
+  assert.equal(await page.evaluate(() => window.__xss), undefined, 'the upload\'s script did not run');
+  errors.splice(0); // the browser reports the blocked script as an error: expected here
 });
 
 test('jobs: live rows, filters, cursor pages and search by id', async () => {

@@ -200,12 +200,32 @@ fn security_headers(headers: &mut HeaderMap) {
 /// sets it; a cross-site page cannot set that header without a CORS preflight, which
 /// the gateway does not grant). Clients that are not browsers send neither header and
 /// pass, so the API is unchanged for them; the dashboard's buttons pass as same-origin.
+///
+/// And the API's answers are inert in a browser (`/v1/...`: `Content-Security-Policy:
+/// sandbox`, `X-Content-Type-Options: nosniff`): a blob is served with the content type
+/// its uploader chose, and an HTML upload opened from this origin would otherwise run as
+/// the dashboard's own page, same-origin check passed.
 pub async fn same_origin(request: Request, next: Next) -> Response {
     if let Err(detail) = check_origin(request.method(), request.headers(), request.uri()) {
         return ApiError::new(StatusCode::FORBIDDEN, "cross-origin", detail).into_response();
     }
-    next.run(request).await
+    let api = request.uri().path().starts_with("/v1/");
+    let mut response = next.run(request).await;
+    if api {
+        let headers = response.headers_mut();
+        headers
+            .entry(header::CONTENT_SECURITY_POLICY)
+            .or_insert(HeaderValue::from_static(API_CSP));
+        headers
+            .entry(header::X_CONTENT_TYPE_OPTIONS)
+            .or_insert(HeaderValue::from_static("nosniff"));
+    }
+    response
 }
+
+/// What an API answer may do when a browser renders it: nothing (no script, no
+/// subresource, an opaque origin).
+const API_CSP: &str = "sandbox; default-src 'none'; frame-ancestors 'none'";
 
 fn check_origin(method: &Method, headers: &HeaderMap, uri: &axum::http::Uri) -> Result<(), String> {
     let websocket = headers

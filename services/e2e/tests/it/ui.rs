@@ -265,6 +265,31 @@ async fn browsers_on_other_sites_cannot_change_anything() {
     let tool = handshake(None).await.expect("GET /v1/ws");
     assert_eq!(tool.status(), StatusCode::SWITCHING_PROTOCOLS);
 
+    // An HTML upload opened from the gateway's origin runs nothing (it would otherwise be
+    // a page of the dashboard's origin, past the same-origin check).
+    let upload: Value = http
+        .post(system.url("/v1/blobs"))
+        .header(CONTENT_TYPE, "text/html")
+        .body("<script>fetch('/v1/jobs', {method: 'POST'})</script>")
+        .send()
+        .await
+        .expect("POST /v1/blobs")
+        .json()
+        .await
+        .expect("JSON");
+    let blob = http
+        .get(system.url(&format!("/v1/blobs/{}", upload["id"].as_str().expect("id"))))
+        .send()
+        .await
+        .expect("GET blob");
+    assert_eq!(blob.status(), StatusCode::OK);
+    assert_eq!(header(&blob, CONTENT_TYPE), "text/html");
+    assert!(header(&blob, CONTENT_SECURITY_POLICY).starts_with("sandbox;"));
+    assert_eq!(
+        header(&blob, reqwest::header::X_CONTENT_TYPE_OPTIONS),
+        "nosniff"
+    );
+
     // The page's own cancel button: same origin.
     let cancel = http
         .delete(system.url(&format!("/v1/jobs/{id}")))
