@@ -16,6 +16,7 @@ mod lifecycle;
 mod limits;
 mod listing;
 mod metrics;
+mod openapi;
 mod priorities;
 mod projection;
 mod push_limits;
