@@ -106,6 +106,7 @@ test('the payload editor checks the kind\'s schema; the server\'s 422 is shown t
   await checks.locator('li', { hasText: 'must be at most 60000' }).waitFor();
   await checks.locator('li', { hasText: 'unknown field "x"' }).waitFor();
   assert.equal(await page.isDisabled('#submit-job'), true);
+  await screenshot(page, 'submit');
   await page.fill('#payload-editor', '{"ms": ');
   await checks.locator('li', { hasText: 'not JSON' }).waitFor();
   await page.fill('#payload-editor', '{}');
@@ -123,7 +124,6 @@ test('the payload editor checks the kind\'s schema; the server\'s 422 is shown t
   await page.click('#submit-job');
   await page.locator('#submit-result .banner', { hasText: 'max_attempts must be between 1 and 25' }).waitFor();
   assert.match(page.url(), /#\/submit/);
-  await screenshot(page, 'submit');
   noScriptErrors();
 });
 
