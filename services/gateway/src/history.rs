@@ -40,6 +40,11 @@ pub enum Entry {
         at: DateTime<Utc>,
         attempt: u32,
         max_attempts: u32,
+        /// The job's payload, while a request of the job is kept: waiting or running in
+        /// `JOBS`, delayed in `JOBS_SCHEDULES`, dead in `JOBS_DEAD`. A job that ended
+        /// otherwise has none left (`JOBS` is a work queue).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        payload: Option<serde_json::Value>,
     },
     /// An event in `JOB_EVENTS`; its `type` and fields are the change's.
     Event {
@@ -58,7 +63,7 @@ pub enum Entry {
 pub struct EntryDoc {
     /// Its sequence in `JOB_EVENTS` (0 for `created`, which is no event).
     seq: u64,
-    /// `created`, `queued`, `started`, `progress`, `retrying`, `succeeded`, `failed`,
+    /// `created` (with `payload` while the job's request is kept), `queued`, `started`, `progress`, `retrying`, `succeeded`, `failed`,
     /// `cancelled`, `requeued` or `webhook`.
     #[schema(rename = "type")]
     kind: String,
@@ -90,6 +95,9 @@ pub struct EntryDoc {
     outcome: Option<String>,
     /// `webhook`: the receiver's HTTP status.
     status: Option<u16>,
+    /// `created`: the job's payload, while its request is kept (waiting, running, delayed
+    /// or dead); not after it succeeded or was cancelled.
+    payload: Option<serde_json::Value>,
 }
 
 /// The body of `GET /v1/jobs/{id}/history`.
@@ -168,6 +176,7 @@ pub async fn history(
             at: snapshot.created_at,
             attempt: 0,
             max_attempts: snapshot.max_attempts,
+            payload: payload(&state, &snapshot).await,
         });
     }
     // One more than the page holds tells whether there is a next page.
@@ -227,6 +236,39 @@ pub async fn history(
         response.headers_mut().insert(header::LINK, link);
     }
     Ok(response)
+}
+
+/// The job's payload from wherever its request still is; `None` when it is nowhere (or
+/// cannot be read now: the history is worth more than this one field).
+async fn payload(state: &AppState, job: &JobSnapshot) -> Option<serde_json::Value> {
+    let places = [
+        (
+            layout::JOBS_STREAM,
+            subjects::submit(&job.kind, job.id, job.priority),
+        ),
+        (
+            layout::SCHEDULES_STREAM,
+            subjects::delayed(&job.kind, job.id),
+        ),
+        (layout::DEAD_STREAM, subjects::dead(&job.kind, job.id)),
+    ];
+    for (stream, subject) in places {
+        let request = Request {
+            seq: Some(1),
+            next_by_subj: Some(subject),
+            ..Default::default()
+        };
+        let Ok(found) = direct::batch(&state.client, stream, &request, READ_TIMEOUT).await else {
+            continue;
+        };
+        if let Some(request) = found
+            .first()
+            .and_then(|m| serde_json::from_slice::<jetjobs::job::JobRequest>(&m.payload).ok())
+        {
+            return Some(request.payload);
+        }
+    }
+    None
 }
 
 /// The trace id of a `traceparent` header (`00-<trace id>-<span id>-<flags>`).

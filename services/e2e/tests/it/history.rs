@@ -194,3 +194,53 @@ async fn pages_walk_the_whole_history_once_and_bad_requests_are_refused() {
         "{problem}"
     );
 }
+
+/// The `created` entry of a job's history.
+async fn created(system: &System, id: &str) -> Value {
+    let page: Value = history(system, id, "").await.json().await.expect("history");
+    page["events"][0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_payload_is_shown_while_the_jobs_request_is_kept() {
+    let system = System::start().await;
+    // Running: its request is in JOBS until it is acked.
+    let running = system.submit("sleep", json!({"ms": 20_000})).await;
+    let running = running["id"].as_str().expect("id");
+    system
+        .wait_for(running, WAIT, |s| s["state"] == "running")
+        .await;
+    assert_eq!(
+        created(&system, running).await["payload"],
+        json!({"ms": 20_000})
+    );
+    // Dead: its request is the dead letter.
+    let dead = system
+        .post(&json!({"kind": "flaky", "payload": {"fail": "permanent"}}))
+        .await
+        .json::<Value>()
+        .await
+        .expect("snapshot");
+    let dead = dead["id"].as_str().expect("id");
+    system.wait_terminal(dead, WAIT).await;
+    let shown = jetjobs::testing::eventually(WAIT, || async {
+        let entry = created(&system, dead).await;
+        (!entry["payload"].is_null()).then_some(entry)
+    })
+    .await
+    .expect("the dead job's payload");
+    assert_eq!(shown["payload"], json!({"fail": "permanent"}));
+    // Succeeded: JOBS is a work queue, the request is gone, and the entry says nothing.
+    let done = system.submit("noop", json!({})).await;
+    let done = done["id"].as_str().expect("id");
+    system.wait_terminal(done, WAIT).await;
+    let entry = created(&system, done).await;
+    assert_eq!(entry["type"], "created");
+    assert!(entry.get("payload").is_none(), "{entry}");
+    system
+        .http
+        .delete(system.url(&format!("/v1/jobs/{running}")))
+        .send()
+        .await
+        .expect("cancel");
+}

@@ -1270,7 +1270,7 @@
         if (job.expires_at) facts.push(fact('expires at', fmtTime(job.expires_at, true)));
         if (job.priority && job.priority !== 'normal') facts.push(fact('priority', job.priority));
         if (job.schedule) facts.push(fact('schedule', job.schedule));
-        facts.push(fact('trace id', trace.id ? h('code', { id: 'trace-id' }, trace.id) : h('span', { class: 'muted', id: 'trace-id' }, 'not exposed by the API'),
+        facts.push(fact('trace id', trace.id ? h('code', { id: 'trace-id' }, trace.id) : h('span', { class: 'muted', id: 'trace-id' }, 'none (tracing is off for this job)'),
           trace.note ? h('div', { class: 'muted' }, trace.note) : null));
         if (job.callback_url) facts.push(fact('webhook', h('span', { class: 'wrap' }, job.callback_url)));
         if (job.webhook) {
@@ -1352,7 +1352,7 @@
         el.payloadShownSet = true;
         const body = [h('h2', null, 'Payload')];
         if (payload === undefined) {
-          body.push(h('p', { class: 'muted' }, 'The API does not return a job\'s payload; it is shown here for jobs submitted from this browser tab.'));
+          body.push(h('p', { class: 'muted' }, 'The payload is kept while the job waits, runs or is dead; this job\'s is gone (it ended).'));
         } else {
           if (!fromHistory && local) body.push(h('p', { class: 'muted' }, 'As submitted from this browser tab.'));
           body.push(...images(payload));
@@ -1384,6 +1384,7 @@
     };
 
     function traceId() {
+      if (history && history.trace_id) return { id: history.trace_id };
       const fromEvents = history && history.events && history.events.find((e) => e.trace_id || e.traceparent);
       if (fromEvents) return { id: fromEvents.trace_id || String(fromEvents.traceparent).split('-')[1] };
       if (job.trace_id) return { id: job.trace_id };
