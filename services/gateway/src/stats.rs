@@ -89,7 +89,8 @@ pub struct ConsumerStats {
     pub redelivered: u64,
     pub waiting_pulls: u64,
     pub last_active: Option<DateTime<Utc>>,
-    /// Some client pulls from it now, or took a message in the last 30 s.
+    /// Some client pulls from it now, or took a message in the last 30 s; for a
+    /// processor's consumers, also while one of its replicas is alive (its presence).
     pub connected: bool,
 }
 
@@ -549,6 +550,17 @@ async fn compute(state: &AppState) -> Result<Stats, ApiError> {
         layout::SCHEDULES_STREAM,
     ] {
         consumers.extend(list_consumers(state, stream).await?);
+    }
+    // A processor's low-priority lane only fetches when nothing else waits: idle, it
+    // shows no pull. Its replicas' presence says whether they are there.
+    for consumer in &mut consumers {
+        let processor = consumer
+            .name
+            .trim_end_matches("-high")
+            .trim_end_matches("-low");
+        if consumer.stream == layout::JOBS_STREAM && workers.iter().any(|w| w.name == processor) {
+            consumer.connected = true;
+        }
     }
     let processors = workers
         .into_iter()

@@ -105,6 +105,11 @@ async fn stats_count_running_waiting_and_dead_jobs_per_kind() {
     };
     assert_eq!(consumer("processor-io")["stream"], "JOBS");
     assert_eq!(consumer("processor-io")["connected"], true);
+    assert_eq!(
+        consumer("processor-io-low")["connected"],
+        true,
+        "an idle low lane pulls nothing, but its processor is there"
+    );
     assert_eq!(consumer("status-projector")["stream"], "JOB_EVENTS");
     assert_eq!(consumer("scheduler")["stream"], "JOBS_SCHEDULES");
 
