@@ -279,7 +279,14 @@ fn patch(doc: &mut Value) {
                 .and_then(Value::as_array_mut)
             {
                 for parameter in parameters {
-                    if let Some(schema) = parameter.get_mut("schema") {
+                    if parameter["name"] == "Last-Event-ID" {
+                        // A revision, or empty: what EventSource sends after an event
+                        // without an id, which resumes nothing.
+                        parameter["schema"] = json!({"anyOf": [
+                            {"type": "integer", "minimum": 0, "maximum": i64::MAX},
+                            {"type": "string", "maxLength": 0},
+                        ]});
+                    } else if let Some(schema) = parameter.get_mut("schema") {
                         no_null(schema);
                     }
                 }
