@@ -160,7 +160,7 @@ pub(crate) async fn requeue(state: &AppState, id: JobId) -> Result<JobSnapshot, 
         forget_dead_letter(state, &current.kind, id, None).await;
         return Ok(current.clone());
     }
-    let (original, dead_seq) = dead_request(state, &current.kind, id).await?;
+    let (original, dead_seq) = dead_request(state, current, id).await?;
     let per_series = original
         .max_attempts
         .saturating_sub(original.prior_attempts)
@@ -301,15 +301,29 @@ impl Job {
 /// With the dead letter's stream sequence.
 async fn dead_request(
     state: &AppState,
-    kind: &Kind,
+    current: &JobSnapshot,
     id: JobId,
 ) -> Result<(JobRequest, u64), ApiError> {
     let message = match state
         .dead
-        .direct_get_last_for_subject(subjects::dead(kind, id))
+        .direct_get_last_for_subject(subjects::dead(&current.kind, id))
         .await
     {
         Ok(message) => message,
+        // A processor stores `failed`, then the dead letter: a retry right after the
+        // failure can come in between (schemathesis did, and got a 410 for a job that
+        // had failed milliseconds before). Nothing ages out of JOBS_DEAD that soon.
+        Err(e)
+            if e.kind() == DirectGetErrorKind::NotFound
+                && jetjobs::job::now() - current.updated_at < DEAD_LETTER_GRACE =>
+        {
+            return Err(ApiError::unavailable(
+                format!(
+                    "job {id} has just failed and its dead letter is not stored yet; retry in a moment"
+                ),
+                1,
+            ));
+        }
         Err(e) if e.kind() == DirectGetErrorKind::NotFound => {
             return Err(ApiError::new(
                 StatusCode::GONE,
@@ -330,6 +344,11 @@ async fn dead_request(
     })?;
     Ok((request, message.sequence))
 }
+
+/// How long after a job failed its missing dead letter means "not stored yet" rather than
+/// "aged out": longer than a processor takes to store it (or, if it died, than the
+/// redelivery that stores it: the ack wait), far shorter than JOBS_DEAD's retention.
+const DEAD_LETTER_GRACE: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
 
 fn encode(snapshot: &JobSnapshot) -> Result<Bytes, ApiError> {
     serde_json::to_vec(snapshot)
