@@ -138,9 +138,10 @@ pub async fn list(
 #[schema(examples(json!({"ids": ["019aa6d2-5b1c-7e0a-9f3e-2d4c6b8a0e1f"]}), json!({"all": true, "kind": "hash"})))]
 #[serde(deny_unknown_fields)]
 pub struct ReplayRequest {
-    /// The jobs to queue again (1 to 1000).
+    /// The jobs to queue again (1 to 1000). Each is reported on its own: one that is not
+    /// a job id is in `failed` with 400.
     #[serde(default)]
-    #[schema(value_type = Option<Vec<uuid::Uuid>>, min_items = 1, max_items = 1000)]
+    #[schema(min_items = 1, max_items = 1000)]
     ids: Option<Vec<String>>,
     /// Every dead letter (of `kind`), up to 1000 a request.
     #[serde(default)]
