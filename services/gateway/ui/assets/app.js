@@ -435,12 +435,9 @@
       const at = Date.parse(job.updated_at);
       if (!Number.isFinite(at) || Date.now() - at > CHART_WINDOW_MS) return;
       const start = Math.floor(at / BUCKET_MS) * BUCKET_MS;
-      let bucket = this.buckets.get(start);
-      if (!bucket) {
-        bucket = { succeeded: 0, failed: 0, latencies: [] };
-        this.buckets.set(start, bucket);
-      }
-      bucket[job.state]++;
+      const bucket = this.bucket(start);
+      // A bucket the gateway's counts filled (backfill) only takes latency samples.
+      if (!(bucket.seeded && at < this.seededUntil)) bucket[job.state]++;
       if (job.state === 'succeeded') {
         const latency = at - Date.parse(job.created_at);
         if (Number.isFinite(latency)) {
@@ -456,6 +453,17 @@
       this.recent.push({ at, kind: job.kind, state: job.state });
       this.version++;
     },
+
+    bucket(start) {
+      let bucket = this.buckets.get(start);
+      if (!bucket) {
+        bucket = { succeeded: 0, failed: 0, latencies: [] };
+        this.buckets.set(start, bucket);
+      }
+      return bucket;
+    },
+
+    seededUntil: 0,
 
     prune(now) {
       for (const start of this.buckets.keys()) {
@@ -476,8 +484,26 @@
       return out;
     },
 
-    // Backfill: outcomes of the jobs created in the last 15 minutes (two pages at most).
+    // Backfill. Throughput: the gateway's own counts of the last 15 minutes
+    // (GET /v1/stats/history), exact whatever the rate. Latency percentiles need the jobs
+    // themselves: outcomes of the jobs created in the last 15 minutes (two pages at most).
     async backfill() {
+      try {
+        const r = await call('GET', '/v1/stats/history');
+        const step = ((r.data && r.data.step_secs) || 10) * 1000;
+        for (const p of (r.data && r.data.points) || []) {
+          const end = Date.parse(p.at);
+          if (!Number.isFinite(end) || Date.now() - end > CHART_WINDOW_MS) continue;
+          const start = Math.floor((end - 1) / BUCKET_MS) * BUCKET_MS;
+          const bucket = this.bucket(start);
+          bucket.succeeded += Math.round((Number(p.succeeded_per_sec) || 0) * step / 1000);
+          bucket.failed += Math.round((Number(p.failed_per_sec) || 0) * step / 1000);
+          bucket.seeded = true;
+          this.seededUntil = Math.max(this.seededUntil, start + BUCKET_MS);
+        }
+      } catch (_) {
+        // Counted from the jobs below instead.
+      }
       const after = new Date(Date.now() - CHART_WINDOW_MS).toISOString();
       let cursor = null;
       for (let page = 0; page < 2; page++) {
