@@ -138,6 +138,16 @@ pub struct AttemptError {
 pub const MAX_ERRORS_KEPT: usize = 32;
 
 impl JobSnapshot {
+    /// The job's timing as its requests and events carry it.
+    pub fn scheduling(&self) -> crate::job::Scheduling {
+        crate::job::Scheduling {
+            run_at: self.run_at,
+            expires_at: self.expires_at,
+            schedule: self.schedule.clone(),
+            priority: self.priority,
+        }
+    }
+
     /// The snapshot of a job waiting for `request`: `queued` in `JOBS`, or `scheduled` in
     /// `JOBS_SCHEDULES` when it has a `run_at` (the gateway writes it when it accepts a
     /// job; a rebuild writes it for jobs still waiting).

@@ -286,12 +286,7 @@ impl Job {
             at: jetjobs::job::now(),
             callback_url: self.current.callback_url.clone(),
             callback_events: self.current.callback_events.clone(),
-            scheduling: jetjobs::job::Scheduling {
-                run_at: self.current.run_at,
-                expires_at: self.current.expires_at,
-                schedule: self.current.schedule.clone(),
-                priority: self.current.priority,
-            },
+            scheduling: self.current.scheduling(),
             change,
         }
     }

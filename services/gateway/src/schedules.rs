@@ -327,7 +327,7 @@ pub async fn create(
         }
         return Err(error);
     }
-    respond(&state, StatusCode::CREATED, &definition, &cadence).await
+    respond(&state, StatusCode::CREATED, &definition).await
 }
 
 /// `PUT /v1/schedules/{name}`: replaces the schedule (`200`), or creates it (`201`). A
@@ -408,7 +408,7 @@ pub async fn replace(
         } else {
             StatusCode::CREATED
         };
-        return respond(&state, status, &definition, &cadence).await;
+        return respond(&state, status, &definition).await;
     }
     Err(busy(&name))
 }
@@ -518,7 +518,7 @@ async fn set_paused(state: &AppState, name: &str, paused: bool) -> Result<Respon
         } else {
             arm(state, &definition, &cadence).await?;
         }
-        return respond(state, StatusCode::OK, &definition, &cadence).await;
+        return respond(state, StatusCode::OK, &definition).await;
     }
     Err(busy(name))
 }
@@ -686,7 +686,6 @@ async fn respond(
     state: &AppState,
     status: StatusCode,
     definition: &Definition,
-    _cadence: &Cadence,
 ) -> Result<Response, ApiError> {
     let mut response = (status, axum::Json(view(state, definition).await?)).into_response();
     if status == StatusCode::CREATED {
