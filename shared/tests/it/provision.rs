@@ -27,9 +27,10 @@ async fn provisioning_is_idempotent_and_describes_what_it_made() {
 
     let first = layout::provision(&js, &layout()).await.expect("provision");
     assert!(first.updated.is_empty() && first.unchanged.is_empty());
-    // Streams (jobs, events, dead letters, index, blobs, schedules), buckets, and the
-    // processor's three (one per priority), status, notifier and scheduler consumers.
-    assert_eq!(first.created.len(), 6 + 6 + 6, "{first}");
+    // Streams (jobs, events, dead letters, index, blobs, schedules), buckets (status,
+    // kinds, schedules, limits, leases, workers, idempotency), and the processor's three
+    // (one per priority), status, notifier and scheduler consumers.
+    assert_eq!(first.created.len(), 6 + 7 + 6, "{first}");
 
     let again = layout::provision(&js, &layout())
         .await
@@ -52,6 +53,7 @@ async fn provisioning_is_idempotent_and_describes_what_it_made() {
         "KV_job_status",
         "KV_job_kinds",
         "KV_job_idempotency",
+        "KV_job_workers",
     ] {
         let config = stream_config(&js, name).await;
         assert_eq!(config.discard, stream::DiscardPolicy::New, "{name}");
