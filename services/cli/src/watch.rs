@@ -80,10 +80,12 @@ pub async fn watch(client: &Client, out: &Output, id: &str) -> Result<u8> {
     }
 }
 
-/// Once the stream has been open, an unavailable gateway is waited for (it restarts);
-/// anything else, or too long a wait, ends the watch.
+/// Once the stream has been open, an unavailable gateway is waited for (it restarts), and
+/// so is an exchange cut off midway (a kept-alive connection the stopped gateway closed
+/// under the request); anything else, or too long a wait, ends the watch.
 fn give_up_unless_transient(error: Error, connected: bool, failures: &mut u32) -> Result<()> {
-    if connected && error.exit_code() == exit::UNAVAILABLE && *failures < MAX_RECONNECTS {
+    let transient = error.exit_code() == exit::UNAVAILABLE || matches!(error, Error::Http(_));
+    if connected && transient && *failures < MAX_RECONNECTS {
         *failures += 1;
         Ok(())
     } else {
