@@ -92,7 +92,12 @@ async fn a_run_at_in_the_past_runs_now_and_bad_times_are_refused() {
         json!({"kind": "noop", "payload": {}, "run_at": "2001-01-01T00:00:00Z"}),
     )
     .await;
-    assert_eq!(past["state"], "queued");
+    // Not `scheduled`: it runs now. The 202 carries the job's current snapshot, which on a
+    // loaded machine may already be a step further than `queued` (see jobs.rs).
+    assert!(
+        ["queued", "running", "succeeded"].contains(&past["state"].as_str().unwrap_or_default()),
+        "{past}"
+    );
     assert!(past.get("run_at").is_none(), "{past}");
     system.wait_terminal(&id(&past), WAIT).await;
 
