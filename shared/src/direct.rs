@@ -18,14 +18,26 @@ pub struct Stored {
     pub payload: Bytes,
     /// A KV delete or purge marker (`KV-Operation`).
     pub deleted: bool,
+    /// The message's headers, whatever they are (moved, not copied: listing reads
+    /// thousands of these a page).
+    pub headers: async_nats::HeaderMap,
+}
+
+impl Stored {
     /// When the server stored it (`Nats-Time-Stamp`).
-    pub time: Option<chrono::DateTime<chrono::Utc>>,
+    pub fn time(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        let text = self.headers.get("Nats-Time-Stamp")?.as_str();
+        chrono::DateTime::parse_from_rfc3339(text)
+            .ok()
+            .map(|t| t.with_timezone(&chrono::Utc))
+    }
+
     /// In a batch: how many messages matching the request's subject filter come after
     /// this one (`Nats-Num-Pending`). So one message of a batch of 1 counts a subject
     /// filter's messages: 1 + this.
-    pub num_pending: Option<u64>,
-    /// The message's headers, whatever they are.
-    pub headers: async_nats::HeaderMap,
+    pub fn num_pending(&self) -> Option<u64> {
+        self.headers.get("Nats-Num-Pending")?.as_str().parse().ok()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,29 +119,23 @@ pub async fn batch(
             }
             _ => {}
         }
-        let Some(headers) = message.headers.as_ref() else {
+        let Some(headers) = message.headers else {
             continue;
         };
-        let header = |name: &str| headers.get(name).map(|v| v.as_str().to_string());
+        let header = |name: &str| headers.get(name).map(|v| v.as_str());
         let (Some(subject), Some(sequence)) = (
-            header("Nats-Subject"),
+            header("Nats-Subject").map(str::to_string),
             header("Nats-Sequence").and_then(|s| s.parse::<u64>().ok()),
         ) else {
             continue;
         };
         let deleted = header("KV-Operation").is_some_and(|op| op == "DEL" || op == "PURGE");
-        let time = header("Nats-Time-Stamp")
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
-            .map(|t| t.with_timezone(&chrono::Utc));
-        let num_pending = header("Nats-Num-Pending").and_then(|n| n.parse::<u64>().ok());
         out.push(Stored {
             subject,
             sequence,
             payload: message.payload,
             deleted,
-            time,
-            num_pending,
-            headers: headers.clone(),
+            headers,
         });
         // A single (non-batch) answer has no end-of-batch marker.
         if request.batch == 0 {

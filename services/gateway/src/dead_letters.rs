@@ -331,7 +331,7 @@ async fn read(
     )
     .await
     .map_err(|e| nats_unavailable("reading JOBS_DEAD", e))?;
-    let pending = stored.last().and_then(|m| m.num_pending);
+    let pending = stored.last().and_then(Stored::num_pending);
     Ok((stored.into_iter().map(describe).collect(), pending))
 }
 
@@ -349,7 +349,7 @@ fn describe(message: Stored) -> DeadLetter {
         id,
         kind,
         seq: message.sequence,
-        failed_at: message.time,
+        failed_at: message.time(),
         attempt,
         error: header(jetjobs::processor::ERROR_HEADER).unwrap_or_default(),
         replayable,

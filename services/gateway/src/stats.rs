@@ -599,7 +599,7 @@ async fn count(state: &AppState, stream: &str, filter: String) -> Result<u64, Ap
     .await
     .map_err(|e| nats_unavailable("counting jobs", e))?;
     Ok(match first.first() {
-        Some(message) => 1 + message.num_pending.unwrap_or(0),
+        Some(message) => 1 + message.num_pending().unwrap_or(0),
         None => 0,
     })
 }
