@@ -68,6 +68,26 @@ fn is_zero(n: &usize) -> bool {
     *n == 0
 }
 
+/// Messages on `filter` in `stream`, counted by the server: the first one's
+/// `Nats-Num-Pending` says how many follow it (its subject index; no scan here).
+pub async fn count(
+    client: &Client,
+    stream: &str,
+    filter: String,
+    timeout: Duration,
+) -> Result<u64, DirectError> {
+    let request = Request {
+        seq: Some(1),
+        next_by_subj: Some(filter),
+        batch: 1,
+        ..Default::default()
+    };
+    let first = batch(client, stream, &request, timeout).await?;
+    Ok(first
+        .first()
+        .map_or(0, |message| 1 + message.num_pending().unwrap_or(0)))
+}
+
 /// The most messages one batch asks for.
 pub const MAX_BATCH: usize = 1000;
 

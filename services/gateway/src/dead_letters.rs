@@ -298,15 +298,6 @@ pub async fn replay(
         .into_response())
 }
 
-/// Dead letters (of `kind`) in `JOBS_DEAD`.
-pub async fn count(state: &AppState, kind: Option<&Kind>) -> Result<u64, ApiError> {
-    let (page, pending) = read(state, kind, 0, 1).await?;
-    Ok(match page.first() {
-        Some(_) => 1 + pending.unwrap_or(0),
-        None => 0,
-    })
-}
-
 /// Up to `limit` dead letters after sequence `after`, and how many follow the last.
 async fn read(
     state: &AppState,

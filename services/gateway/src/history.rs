@@ -14,7 +14,7 @@ use axum::response::{IntoResponse as _, Response};
 use chrono::{DateTime, Utc};
 use jetjobs::direct::{self, Request, Stored};
 use jetjobs::layout;
-use jetjobs::state::{Change, JobEvent, JobSnapshot};
+use jetjobs::state::{Change, JobEvent, JobSnapshot, JobState};
 use jetjobs::{JobId, subjects};
 use serde::{Deserialize, Serialize};
 
@@ -238,37 +238,32 @@ pub async fn history(
     Ok(response)
 }
 
-/// The job's payload from wherever its request still is; `None` when it is nowhere (or
-/// cannot be read now: the history is worth more than this one field).
+/// The job's payload from where its state says its request is; `None` when it is
+/// nowhere (succeeded, cancelled) or cannot be read now: the history is worth more than
+/// this one field.
 async fn payload(state: &AppState, job: &JobSnapshot) -> Option<serde_json::Value> {
-    let places = [
-        (
-            layout::JOBS_STREAM,
-            subjects::submit(&job.kind, job.id, job.priority),
-        ),
-        (
+    let (stream, subject) = match job.state {
+        JobState::Scheduled => (
             layout::SCHEDULES_STREAM,
             subjects::delayed(&job.kind, job.id),
         ),
-        (layout::DEAD_STREAM, subjects::dead(&job.kind, job.id)),
-    ];
-    for (stream, subject) in places {
-        let request = Request {
-            seq: Some(1),
-            next_by_subj: Some(subject),
-            ..Default::default()
-        };
-        let Ok(found) = direct::batch(&state.client, stream, &request, READ_TIMEOUT).await else {
-            continue;
-        };
-        if let Some(request) = found
-            .first()
-            .and_then(|m| serde_json::from_slice::<jetjobs::job::JobRequest>(&m.payload).ok())
-        {
-            return Some(request.payload);
-        }
-    }
-    None
+        JobState::Queued | JobState::Running | JobState::Retrying => (
+            layout::JOBS_STREAM,
+            subjects::submit(&job.kind, job.id, job.priority),
+        ),
+        JobState::Failed => (layout::DEAD_STREAM, subjects::dead(&job.kind, job.id)),
+        JobState::Succeeded | JobState::Cancelled => return None,
+    };
+    let request = Request {
+        seq: Some(1),
+        next_by_subj: Some(subject),
+        ..Default::default()
+    };
+    let found = direct::batch(&state.client, stream, &request, READ_TIMEOUT)
+        .await
+        .ok()?;
+    let request: jetjobs::job::JobRequest = serde_json::from_slice(&found.first()?.payload).ok()?;
+    Some(request.payload)
 }
 
 /// The trace id of a `traceparent` header (`00-<trace id>-<span id>-<flags>`).

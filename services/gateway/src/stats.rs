@@ -29,7 +29,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use jetjobs::Kind;
-use jetjobs::direct::{self, Request};
+use jetjobs::direct;
 use jetjobs::layout;
 use jetjobs::presence::WorkerRecord;
 use serde::{Deserialize, Serialize};
@@ -527,7 +527,7 @@ async fn compute(state: &AppState) -> Result<Stats, ApiError> {
         let (in_stream, scheduled, dead_lettered) = tokio::try_join!(
             count(state, layout::JOBS_STREAM, format!("jobs.submit.{kind}.>")),
             count(state, layout::SCHEDULES_STREAM, format!("jobs.at.{kind}.*")),
-            crate::dead_letters::count(state, Some(kind)),
+            count(state, layout::DEAD_STREAM, format!("jobs.dead.{kind}.*")),
         )?;
         let a = activity.get(kind.as_str()).copied().unwrap_or_default();
         Ok::<_, ApiError>(KindStats {
@@ -583,25 +583,11 @@ async fn compute(state: &AppState) -> Result<Stats, ApiError> {
     })
 }
 
-/// Messages on `filter` in `stream`: the first one's `Nats-Num-Pending` counts the rest.
+/// Messages on `filter` in `stream` (`direct::count`).
 async fn count(state: &AppState, stream: &str, filter: String) -> Result<u64, ApiError> {
-    let first = direct::batch(
-        &state.client,
-        stream,
-        &Request {
-            seq: Some(1),
-            next_by_subj: Some(filter),
-            batch: 1,
-            ..Default::default()
-        },
-        READ_TIMEOUT,
-    )
-    .await
-    .map_err(|e| nats_unavailable("counting jobs", e))?;
-    Ok(match first.first() {
-        Some(message) => 1 + message.num_pending().unwrap_or(0),
-        None => 0,
-    })
+    direct::count(&state.client, stream, filter, READ_TIMEOUT)
+        .await
+        .map_err(|e| nats_unavailable("counting jobs", e))
 }
 
 /// `$JS.API.CONSUMER.LIST.<stream>`, read as JSON here: async-nats's consumer info has a
