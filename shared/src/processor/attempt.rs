@@ -225,12 +225,15 @@ impl Runtime {
             let cancelled_by_client = self.cancellations.register(request.id);
             // `started` claims the run: it is stored only if the job's events are as this
             // delivery last saw them, so a job cancelled while queued, or taken over by a
-            // newer delivery, never runs here.
+            // newer delivery, records nothing from this run. Stored before the run, or,
+            // for most runs, only once the run outlives `started_after_ms` (see
+            // `run_then_claim`).
             let started = JobEvent::new(&request, fence.attempt, Change::Started);
-            if !self.claim(&delivery, &mut fence, &started).await {
+            let deferred = self.defers_claim(&delivery, &fence);
+            if !deferred && !self.claim(&delivery, &mut fence, &started).await {
                 return;
             }
-            tracing::debug!("Job started.");
+            tracing::debug!(deferred, "Job started.");
             let running = self.presence.run(&request.kind);
             let kind = KindLabel::new(&request.kind);
             self.metrics.started.get_or_create(&kind).inc();
@@ -256,15 +259,23 @@ impl Runtime {
                 self.blobs.clone(),
             );
             let run = AssertUnwindSafe(handler.call(payload, ctx)).catch_unwind();
-            let ended = tokio::select! {
-                outcome = run => Ended::Ran(outcome.unwrap_or_else(|panic| Err(JobError::Retryable(
-                    format!("the handler panicked: {}", panic_message(&panic)),
-                )))),
-                () = tokio::time::sleep(timeout) => Ended::Ran(Err(JobError::Retryable(format!(
-                    "timed out after {}s", timeout.as_secs_f64()
-                )))),
-                () = cancelled_by_client.token.cancelled() => Ended::Cancelled,
-                () = release.cancelled() => Ended::Released,
+            let run = async {
+                tokio::select! {
+                    outcome = run => Ended::Ran(outcome.unwrap_or_else(|panic| Err(JobError::Retryable(
+                        format!("the handler panicked: {}", panic_message(&panic)),
+                    )))),
+                    () = tokio::time::sleep(timeout) => Ended::Ran(Err(JobError::Retryable(format!(
+                        "timed out after {}s", timeout.as_secs_f64()
+                    )))),
+                    () = cancelled_by_client.token.cancelled() => Ended::Cancelled,
+                    () = release.cancelled() => Ended::Released,
+                }
+            };
+            let ended = if deferred {
+                self.run_then_claim(run, &delivery, &mut fence, &started)
+                    .await
+            } else {
+                Ok(run.await)
             };
             // Whatever ended the run, the handler must stop (timeouts, shutdown) ...
             cancel.cancel();
@@ -283,12 +294,22 @@ impl Runtime {
             drop(slot);
             drop(running);
             drop(cancelled_by_client);
-            if matches!(ended, Ended::Ran(_)) {
+            if matches!(ended, Ok(Ended::Ran(_))) {
                 self.metrics
                     .run_seconds
                     .get_or_create(&kind)
                     .observe(run_started.elapsed().as_secs_f64());
             }
+            let ended = match ended {
+                Ok(ended) => ended,
+                // The late claim was refused: the run was stopped above, and records
+                // nothing.
+                Err(refused) => {
+                    self.claimed(&delivery, refused).await;
+                    drop(lease);
+                    return;
+                }
+            };
             match ended {
                 Ended::Ran(outcome) => self.record(&delivery, &mut fence, outcome).await,
                 Ended::Cancelled => self.cancelled(&delivery).await,
@@ -307,10 +328,80 @@ impl Runtime {
         tokio::join!(work, keepalive);
     }
 
+    /// Whether this run may start before its `started` is stored. Not when the client
+    /// asked for a `started` webhook, and not when an earlier delivery of this message
+    /// recorded no run (its processor died, or it was handed back): claiming first then
+    /// makes every further run count, so a job that kills its processor still runs out of
+    /// attempts instead of coming back forever.
+    fn defers_claim(&self, delivery: &Delivery, fence: &Fence) -> bool {
+        if self.config.started_after_ms == 0 {
+            return false;
+        }
+        let request = &delivery.request;
+        if request
+            .callback_events
+            .as_ref()
+            .is_some_and(|events| events.contains(&crate::webhook::CallbackEvent::Started))
+        {
+            return false;
+        }
+        let Ok(info) = delivery.message.info() else {
+            return false;
+        };
+        let runs_of_this_message = fence.attempt.saturating_sub(request.prior_attempts);
+        info.delivered <= i64::from(runs_of_this_message)
+    }
+
+    /// Runs a job whose claim is deferred: a run that ends within `started_after_ms`
+    /// goes straight to its outcome, whose write is fenced like the claim would have
+    /// been (so a run that lost the job to a cancellation or another delivery records
+    /// nothing either way). A longer run stores `started` then, while it goes on; if that
+    /// is refused, the run is dropped (stopped) and the refusal returned.
+    async fn run_then_claim(
+        &self,
+        run: impl std::future::Future<Output = Ended>,
+        delivery: &Delivery,
+        fence: &mut Fence,
+        started: &JobEvent,
+    ) -> Result<Ended, Fenced> {
+        let mut run = std::pin::pin!(run);
+        tokio::select! {
+            biased;
+            ended = &mut run => return Ok(ended),
+            () = tokio::time::sleep(Duration::from_millis(self.config.started_after_ms)) => {}
+        }
+        // A claim once begun is seen through even if the run ends meanwhile: its outcome
+        // must be fenced on whatever the claim stored.
+        let mut claim = std::pin::pin!(self.write(delivery, fence, started));
+        let mut ended = None;
+        let fenced = loop {
+            tokio::select! {
+                fenced = &mut claim => break fenced,
+                done = &mut run, if ended.is_none() => ended = Some(done),
+            }
+        };
+        match fenced {
+            Fenced::Recorded => {
+                tracing::debug!("Job started (claimed while running).");
+                Ok(match ended {
+                    Some(ended) => ended,
+                    None => run.await,
+                })
+            }
+            refused => Err(refused),
+        }
+    }
+
     /// Writes an event that claims the job for this delivery (`requeued`, `started`);
     /// `false` if the claim failed, in which case the delivery has been dealt with.
     async fn claim(&self, delivery: &Delivery, fence: &mut Fence, event: &JobEvent) -> bool {
-        match self.write(delivery, fence, event).await {
+        let fenced = self.write(delivery, fence, event).await;
+        self.claimed(delivery, fenced).await
+    }
+
+    /// What a claim's write means for the delivery: `true` if it may run.
+    async fn claimed(&self, delivery: &Delivery, fenced: Fenced) -> bool {
+        match fenced {
             Fenced::Recorded => true,
             Fenced::Superseded(Superseded::Finished) => {
                 tracing::info!(

@@ -21,6 +21,13 @@ async fn a_full_queue_answers_503_with_retry_after_and_accepts_again_once_draine
         let job = system.submit("sleep", json!({"ms": 300})).await;
         accepted.push(job["id"].as_str().expect("id").to_string());
     }
+    // The first job's `started` is projected, so the count below moves for nothing but
+    // the refused submission (the next change comes when it ends, 300 ms in).
+    system
+        .wait_for(&accepted[0], Duration::from_secs(10), |s| {
+            s["state"] == "running"
+        })
+        .await;
     let statuses_before = system.bucket_last_seq("job_status").await;
 
     let response = system

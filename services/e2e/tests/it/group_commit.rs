@@ -66,10 +66,10 @@ async fn a_burst_under_group_commit_runs_every_job_once() {
         200,
         "each job queued once"
     );
-    // Each job: exactly one `started` and one `succeeded`.
+    // Each job: exactly one `succeeded`, and no other run (a noop run is too short to
+    // record `started`).
     for id in ids.iter().take(20) {
         let events = system.events_of("noop", id).await;
-        let count = |name: &str| events.iter().filter(|(kind, _)| kind == name).count();
-        assert_eq!((count("started"), count("succeeded")), (1, 1), "{events:?}");
+        assert_eq!(events, [("succeeded".to_string(), 1)], "{events:?}");
     }
 }

@@ -193,15 +193,12 @@ async fn a_dead_job_keeps_every_error_and_a_retry_runs_it_again() {
     let events = system.events_of("flaky", &id).await;
     assert_eq!(
         types(&events),
+        // Quick runs go straight to their outcome (no `started`).
         [
-            ("started", 1),
             ("retrying", 1),
-            ("started", 2),
             ("failed", 2),
             ("requeued", 2),
-            ("started", 3),
             ("retrying", 3),
-            ("started", 4),
             ("succeeded", 4),
         ]
     );

@@ -190,13 +190,14 @@ async fn max_running_holds_across_three_replicas() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_per_second_spreads_the_starts() {
     let system = System::start().await;
-    let set = put_limits(&system, "noop", json!({"max_per_second": 10})).await;
+    let set = put_limits(&system, "sleep", json!({"max_per_second": 10})).await;
     assert_eq!(set.status(), StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    submit_all(&system, "noop", json!({}), 35).await;
+    // Runs long enough to record their `started` (`JETJOBS_STARTED_AFTER_MS`).
+    submit_all(&system, "sleep", json!({"ms": 30}), 35).await;
     let mut per_second: BTreeMap<i64, usize> = BTreeMap::new();
-    for (_, kind, at) in events(&system, "noop").await {
+    for (_, kind, at) in events(&system, "sleep").await {
         if kind == "started" {
             *per_second.entry(at.timestamp()).or_default() += 1;
         }

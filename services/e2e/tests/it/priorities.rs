@@ -25,7 +25,8 @@ async fn submit(system: &System, payload: Value, priority: &str) -> String {
     body["id"].as_str().expect("id").to_string()
 }
 
-/// The order jobs started in: each job's first `started` event, by stream order.
+/// The order jobs started in: each job's first run event, by stream order (`started`,
+/// or, for a run too short to record it, its outcome).
 async fn start_order(system: &System) -> HashMap<String, usize> {
     let stream = system.js.get_stream("JOB_EVENTS").await.expect("stream");
     let consumer = stream
@@ -41,7 +42,10 @@ async fn start_order(system: &System) -> HashMap<String, usize> {
         tokio::time::timeout(Duration::from_millis(500), messages.next()).await
     {
         let event: Value = serde_json::from_slice(&message.payload).expect("event");
-        if event["type"] == "started" {
+        if matches!(
+            event["type"].as_str(),
+            Some("started" | "succeeded" | "retrying" | "failed")
+        ) {
             let next = order.len();
             order
                 .entry(event["job_id"].as_str().expect("id").to_string())

@@ -38,7 +38,8 @@ async fn a_delayed_job_waits_scheduled_and_starts_after_its_time() {
     let system = System::start().await;
     let job = accepted(
         &system,
-        json!({"kind": "noop", "payload": {}, "delay_secs": 2}),
+        // Long enough to record its `started` (`JETJOBS_STARTED_AFTER_MS`).
+        json!({"kind": "sleep", "payload": {"ms": 30}, "delay_secs": 2}),
     )
     .await;
     assert_eq!(job["state"], "scheduled");
@@ -58,7 +59,7 @@ async fn a_delayed_job_waits_scheduled_and_starts_after_its_time() {
         done["run_at"], job["run_at"],
         "the snapshot keeps its run_at"
     );
-    let events = system.event_documents("noop", &id).await;
+    let events = system.event_documents("sleep", &id).await;
     let types: Vec<&str> = events
         .iter()
         .map(|e| e["type"].as_str().expect("type"))
