@@ -3,7 +3,7 @@
 //! The live service ([`Projector::run`]) and `--rebuild` ([`crate::rebuild`]) feed the same
 //! shards, so a rebuilt bucket is made by exactly the code that maintains the live one.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -140,7 +140,7 @@ impl Projector {
                 let shard = Shard {
                     writer: self.writer.clone().filter(|_| mode == Mode::Live),
                     bucket: self.bucket.clone(),
-                    cache: HashMap::new(),
+                    cache: BTreeMap::new(),
                     cache_limit: self.cache_per_shard,
                     mode,
                     stats: Arc::clone(&stats),
@@ -264,7 +264,9 @@ struct Shard {
     bucket: kv::Store,
     writer: Option<GroupCommit>,
     /// Revision and value of snapshots this shard wrote last, for jobs still running.
-    cache: HashMap<JobId, (u64, JobSnapshot)>,
+    /// Ordered by job id, which is time-ordered (UUIDv7): at its limit the oldest job's
+    /// entry goes, not the whole cache.
+    cache: BTreeMap<JobId, (u64, JobSnapshot)>,
     cache_limit: usize,
     mode: Mode,
     stats: Arc<Stats>,
@@ -386,13 +388,16 @@ impl Shard {
     async fn project(&mut self, id: JobId, events: &[JobEvent]) -> Result<(), ProjectError> {
         let key = id.to_string();
         for _ in 0..MAX_CAS_TRIES {
-            let stored = match self.cache.get(&id) {
+            // Taken out of the cache, not copied: a successful write puts the new
+            // snapshot back, a failed one must re-read anyway.
+            let stored = match self.cache.remove(&id) {
                 Some((revision, snapshot)) => Stored {
-                    revision: Some(*revision),
-                    snapshot: Some(snapshot.clone()),
+                    revision: Some(revision),
+                    snapshot: Some(snapshot),
                 },
                 None => read(&self.bucket, &key).await?,
             };
+            let revision = stored.revision;
             let mut next = stored.snapshot;
             let mut changed = false;
             for event in events {
@@ -406,7 +411,14 @@ impl Shard {
                     }
                 }
             }
-            let Some(snapshot) = next.filter(|_| changed) else {
+            if !changed {
+                // Nothing moved: what was read is still current.
+                if let (Some(revision), Some(snapshot)) = (revision, next) {
+                    self.remember(id, revision, snapshot);
+                }
+                return Ok(());
+            }
+            let Some(snapshot) = next else {
                 return Ok(());
             };
             let value = serde_json::to_vec(&snapshot)
@@ -458,14 +470,9 @@ impl Shard {
                     return Ok(());
                 }
                 // Someone else wrote first (the gateway's first snapshot, another
-                // replica): read again and re-apply.
-                Err(None) => {
-                    self.cache.remove(&id);
-                }
-                Err(Some(e)) => {
-                    self.cache.remove(&id);
-                    return Err(ProjectError::Write(e));
-                }
+                // replica): read again and re-apply. (The cache no longer holds the job.)
+                Err(None) => {}
+                Err(Some(e)) => return Err(ProjectError::Write(e)),
             }
         }
         Err(ProjectError::Contended)
@@ -477,8 +484,11 @@ impl Shard {
             self.cache.remove(&id);
             return;
         }
-        if self.cache.len() >= self.cache_limit {
-            self.cache.clear();
+        if self.cache_limit == 0 {
+            return;
+        }
+        if self.cache.len() >= self.cache_limit && !self.cache.contains_key(&id) {
+            self.cache.pop_first();
         }
         self.cache.insert(id, (revision, snapshot));
     }
