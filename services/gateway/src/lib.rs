@@ -311,8 +311,37 @@ pub fn routes(config: &Config, nats: async_nats::Client) -> openapi::Routes {
 
 pub fn router(state: AppState, config: &Config) -> Router {
     let (app, api, _) = routes(config, state.client.clone()).split();
-    app.layer(axum::Extension(openapi::Document::new(api)))
-        .fallback(|| async { ApiError::not_found("no such endpoint") })
+    // One `Router::layer` of one stack, not one call per layer: axum boxes every route
+    // again for each call, and a request clones its route through every box (an
+    // allocation each; they were ~10 % of the gateway's CPU per job at c=64).
+    // Outermost first.
+    let layers = tower::ServiceBuilder::new()
+        // The span is named for the matched route: a `Router::layer` runs after routing.
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(telemetry::request_span)
+                .on_response(telemetry::on_response),
+        )
+        // Cross-site requests from browsers cannot change anything (the dashboard's
+        // buttons use the same API as everyone else).
+        .layer(middleware::from_fn(ui::same_origin))
+        // Runs for every route and sees its matched template.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            metrics::record,
+        ))
+        // The decompression layer's refusal of another encoding is a bare 415: made
+        // problem+json like the rest.
+        .layer(middleware::map_response(unsupported_encoding))
+        // The layers above take axum's own response type; the decompression layer's
+        // has a body type of its own.
+        .map_response(axum::response::IntoResponse::into_response)
+        // `Content-Encoding: gzip | zstd` request bodies, decoded as they are read: the
+        // size limits count decoded bytes, so a compression bomb is a 413.
+        .layer(tower_http::decompression::RequestDecompressionLayer::new())
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(axum::Extension(openapi::Document::new(api)));
+    app.fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 axum::http::StatusCode::METHOD_NOT_ALLOWED,
@@ -320,26 +349,7 @@ pub fn router(state: AppState, config: &Config) -> Router {
                 "this endpoint does not support that method",
             )
         })
-        .layer(DefaultBodyLimit::max(config.max_body_bytes))
-        // `Content-Encoding: gzip | zstd` request bodies, decoded as they are read: the
-        // size limits count decoded bytes, so a compression bomb is a 413.
-        .layer(tower_http::decompression::RequestDecompressionLayer::new())
-        // Its refusal of another encoding is a bare 415: made problem+json like the rest.
-        .layer(middleware::map_response(unsupported_encoding))
-        // A `Router::layer`, so it runs for every route and sees its matched template.
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            metrics::record,
-        ))
-        // Cross-site requests from browsers cannot change anything (the dashboard's
-        // buttons use the same API as everyone else).
-        .layer(middleware::from_fn(ui::same_origin))
-        // Also a `Router::layer`: the span is named for the matched route.
-        .layer(
-            tower_http::trace::TraceLayer::new_for_http()
-                .make_span_with(telemetry::request_span)
-                .on_response(telemetry::on_response),
-        )
+        .layer(layers)
         .with_state(state)
 }
 
