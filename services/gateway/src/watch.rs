@@ -150,6 +150,12 @@ impl Keyed {
         }
     }
 
+    fn wants(&self, key: &str) -> bool {
+        self.waiters
+            .lock()
+            .is_ok_and(|waiters| waiters.contains_key(key))
+    }
+
     fn dispatch(&self, change: &Arc<Change>) {
         let Ok(waiters) = self.waiters.lock() else {
             return;
@@ -272,9 +278,16 @@ async fn forward(
             }
             next = watch.next() => match next {
                 Some(Ok(entry)) => {
+                    let everyone = sender.receiver_count() > 0;
+                    // Most changes are of jobs nobody here waits for: those are not even
+                    // parsed. (A waiter that registers just after this check reads the
+                    // key itself next, and the change is stored before it is watched.)
+                    if !everyone && !keyed.wants(&entry.key) {
+                        continue;
+                    }
                     let change = Arc::new(Change::from_entry(entry));
                     keyed.dispatch(&change);
-                    if sender.receiver_count() > 0 {
+                    if everyone {
                         // Receivers that left since the check are not an error here.
                         let _ = sender.send(change);
                     }
