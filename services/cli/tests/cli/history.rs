@@ -23,16 +23,9 @@ async fn a_retried_job_tells_its_story() {
         .iter()
         .filter_map(|e| e["type"].as_str())
         .collect();
-    let position = |t: &str| types.iter().position(|x| *x == t);
-    assert_eq!(types.first(), Some(&"created"), "{types:?}");
-    assert!(position("retrying").is_some(), "{types:?}");
-    assert!(position("retrying") < position("succeeded"), "{types:?}");
-    assert_eq!(types.last(), Some(&"succeeded"), "{types:?}");
-    assert_eq!(
-        types.iter().filter(|t| **t == "started").count(),
-        2,
-        "{types:?}"
-    );
+    // Both runs are quicker than `JETJOBS_STARTED_AFTER_MS`: no `started`, each goes
+    // straight to its outcome.
+    assert_eq!(types, ["created", "retrying", "succeeded"]);
 
     let table = stdout(&jetjobs(&system, &["history", &id]).await.success());
     assert!(

@@ -2,6 +2,7 @@
 //! and still run once each. Their schedules live in `JOBS_SCHEDULES` (file storage), and
 //! nats-server fires the ones whose time passed while it was down as soon as it is back.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -50,10 +51,21 @@ async fn s17_delayed_jobs_survive_a_restart_of_everything_and_run_once() {
 
     let verdict = verify(&system.js, &watcher, &loaded.accepted, SETTLE).await;
     let recovery = watcher.first_completion_after(restarted);
+    // Runs recorded per job: the attempts its run events name (a quick run records only
+    // its outcome, a longer one `started` too).
     let ran_twice: Vec<&String> = verdict
         .events
         .iter()
-        .filter(|(_, events)| events.iter().filter(|(t, _)| t == "started").count() != 1)
+        .filter(|(_, events)| {
+            let runs: HashSet<u64> = events
+                .iter()
+                .filter(|(t, _)| {
+                    matches!(t.as_str(), "started" | "retrying" | "succeeded" | "failed")
+                })
+                .map(|(_, attempt)| *attempt)
+                .collect();
+            runs.len() != 1
+        })
         .map(|(id, _)| id)
         .collect();
     report::record(&verdict.row(
@@ -62,14 +74,11 @@ async fn s17_delayed_jobs_survive_a_restart_of_everything_and_run_once() {
         recovery,
         format!(
             "200 jobs due {DELAY_SECS} s after submission (half of them also expiring in 10 min); \
-             everything was down at their due time; {} jobs did not start exactly once",
+             everything was down at their due time; {} jobs did not run exactly once",
             ran_twice.len()
         ),
     ));
     verdict.assert_clean();
     assert_eq!(verdict.count_state("succeeded"), loaded.accepted.len());
-    assert!(
-        ran_twice.is_empty(),
-        "not started exactly once: {ran_twice:?}"
-    );
+    assert!(ran_twice.is_empty(), "not run exactly once: {ran_twice:?}");
 }
