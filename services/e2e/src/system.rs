@@ -147,7 +147,19 @@ pub async fn provision(url: &str, options: &Options) -> jetstream::Context {
         ..Layout::default()
     };
     (options.layout)(&mut layout);
-    layout::provision(&js, &layout).await.expect("provision");
+    // Provisioning is idempotent: tried again while a cluster's peers are still coming
+    // online ("no suitable peers for placement" right after the servers start).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match layout::provision(&js, &layout).await {
+            Ok(_) => break,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                eprintln!("provisioning failed, trying again: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("provision: {e:?}"),
+        }
+    }
     js
 }
 
