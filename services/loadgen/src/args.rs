@@ -39,6 +39,11 @@ pub struct Args {
     /// (what a thousand waiting browsers or SSE clients cost the gateway).
     #[arg(long, default_value_t = 0)]
     pub waiters: usize,
+    /// Submit, and stop once every request is answered: no waiting for the jobs to
+    /// finish (to fill a queue whose processors are stopped). Complete when every job was
+    /// accepted.
+    #[arg(long)]
+    pub submit_only: bool,
     /// Do not draw the progress bar.
     #[arg(long)]
     pub no_progress: bool,

@@ -55,20 +55,29 @@ pub async fn run_until(args: Args, stop: CancellationToken) -> anyhow::Result<Su
     if args.waiters > 0 {
         crate::waiters::hold(&args.url, args.waiters, waiting.clone()).await?;
     }
-    let nats = args.nats.connect(crate::NAME).await?;
-    let bucket = jetstream::new(nats)
-        .get_key_value(STATUS_BUCKET)
-        .await
-        .with_context(|| {
-            format!("cannot open the KV bucket {STATUS_BUCKET}; is the layout provisioned?")
-        })?;
-    // Started before the first submit, so no outcome can go by unseen.
-    let watch = bucket
-        .watch_all()
-        .await
-        .with_context(|| format!("cannot watch the KV bucket {STATUS_BUCKET}"))?;
     let (terminal_tx, mut terminal_rx) = mpsc::channel(TERMINAL_BUFFER);
-    let mut watcher = tokio::spawn(watch_terminal(watch, terminal_tx));
+    // Without a watcher, the channel stays open (and silent) until the run ends.
+    let mut watcher = if args.submit_only {
+        let idle = terminal_tx;
+        tokio::spawn(async move {
+            idle.closed().await;
+            String::new()
+        })
+    } else {
+        let nats = args.nats.connect(crate::NAME).await?;
+        let bucket = jetstream::new(nats)
+            .get_key_value(STATUS_BUCKET)
+            .await
+            .with_context(|| {
+                format!("cannot open the KV bucket {STATUS_BUCKET}; is the layout provisioned?")
+            })?;
+        // Started before the first submit, so no outcome can go by unseen.
+        let watch = bucket
+            .watch_all()
+            .await
+            .with_context(|| format!("cannot watch the KV bucket {STATUS_BUCKET}"))?;
+        tokio::spawn(watch_terminal(watch, terminal_tx))
+    };
 
     // Clap refuses 0, but `Args` is a plain struct too: 0 would never submit anything.
     let concurrency = args.concurrency.max(1);
@@ -89,7 +98,7 @@ pub async fn run_until(args: Args, stop: CancellationToken) -> anyhow::Result<Su
     tokio::pin!(deadline);
     let mut redraw = tokio::time::interval(REDRAW_EVERY);
     let stopped_by = loop {
-        if tracker.all_settled(args.jobs) {
+        if tracker.all_settled(args.jobs) || (args.submit_only && tracker.answered() >= args.jobs) {
             break None;
         }
         tokio::select! {
@@ -119,6 +128,7 @@ pub async fn run_until(args: Args, stop: CancellationToken) -> anyhow::Result<Su
             kind: args.kind,
             jobs: args.jobs,
             concurrency: args.concurrency,
+            submit_only: args.submit_only,
             stopped_by,
         },
         started,

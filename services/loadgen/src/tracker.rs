@@ -242,7 +242,11 @@ impl Tracker {
             other: self.other,
             pending: self.pending,
             not_submitted: run.jobs.saturating_sub(self.answered),
-            complete: done == run.jobs,
+            complete: if run.submit_only {
+                self.accepted == run.jobs
+            } else {
+                done == run.jobs
+            },
             stopped_by: run.stopped_by,
             submit_latency_ms: Percentiles::from_micros(&self.submit_us),
             e2e_latency_ms: Percentiles::from_micros(&self.e2e_us),
@@ -258,6 +262,8 @@ pub struct RunInfo {
     pub kind: String,
     pub jobs: u64,
     pub concurrency: usize,
+    /// The run did not wait for the jobs to finish (`--submit-only`).
+    pub submit_only: bool,
     /// Why the run ended before every job settled, if it did.
     pub stopped_by: Option<String>,
 }
@@ -287,6 +293,7 @@ mod tests {
             kind: "noop".to_string(),
             jobs,
             concurrency: 2,
+            submit_only: false,
             stopped_by: None,
         }
     }

@@ -89,6 +89,11 @@ impl Harness {
 
     /// With `admin`, the processor also serves `/metrics` there.
     async fn start_with(concurrency: usize, admin: Option<std::net::SocketAddr>) -> Self {
+        Self::provisioned(concurrency, admin).await.run()
+    }
+
+    /// The streams and consumers exist; the processor is not running yet.
+    async fn provisioned(concurrency: usize, admin: Option<std::net::SocketAddr>) -> Provisioned {
         let nats = NatsServer::start();
         let client = nats.client().await;
         let js = jetstream::new(client.clone());
@@ -108,19 +113,17 @@ impl Harness {
             },
             ..RuntimeConfig::default()
         };
-        let shutdown = CancellationToken::new();
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            processor
-                .run(client, config, stop)
-                .await
-                .expect("processor runs");
-        });
-        Self {
+        let harness = Self {
             _nats: nats,
             js,
-            shutdown,
+            shutdown: CancellationToken::new(),
             tester,
+        };
+        Provisioned {
+            harness,
+            client,
+            processor,
+            config,
         }
     }
 
@@ -203,6 +206,33 @@ impl Harness {
     async fn dead_letters(&self) -> u64 {
         let mut stream = self.js.get_stream("JOBS_DEAD").await.expect("stream");
         stream.info().await.expect("info").state.messages
+    }
+}
+
+/// A harness whose processor has not started: what is in the stream before it does.
+struct Provisioned {
+    harness: Harness,
+    client: async_nats::Client,
+    processor: Processor,
+    config: RuntimeConfig,
+}
+
+impl Provisioned {
+    fn run(self) -> Harness {
+        let Self {
+            harness,
+            client,
+            processor,
+            config,
+        } = self;
+        let stop = harness.shutdown.clone();
+        tokio::spawn(async move {
+            processor
+                .run(client, config, stop)
+                .await
+                .expect("processor runs");
+        });
+        harness
     }
 }
 
@@ -360,6 +390,48 @@ async fn a_run_of_a_job_cancelled_while_queued_records_nothing() {
         1,
         "the long run was stopped when its claim was refused"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quick_job_redelivered_after_a_run_that_recorded_nothing_claims_before_it_runs() {
+    let provisioned = Harness::provisioned(4, None).await;
+    let id = provisioned
+        .harness
+        .submit(json!({"fail_first": 0}), 3)
+        .await;
+    // A processor took the job and died before it recorded anything (a crash inside a
+    // quick run, whose `started` is deferred): the delivery comes back.
+    let consumer_name = provisioned
+        .processor
+        .spec()
+        .consumer_name(Default::default());
+    let consumer: PullConsumer = provisioned
+        .harness
+        .js
+        .get_stream("JOBS")
+        .await
+        .expect("JOBS")
+        .get_consumer(&consumer_name)
+        .await
+        .expect("consumer");
+    let mut taken = consumer
+        .fetch()
+        .max_messages(1)
+        .messages()
+        .await
+        .expect("fetch");
+    let lost = taken.next().await.expect("a delivery").expect("message");
+    lost.ack_with(jetstream::AckKind::Nak(None))
+        .await
+        .expect("nak");
+
+    let harness = provisioned.run();
+    let events = harness.outcome(id).await;
+    // The redelivery claims before it runs, quick as it is: had it died too, its
+    // `started` would have used up an attempt, so a job that kills its processor every
+    // time runs out of attempts instead of looping.
+    assert_eq!(types(&events), vec![("started", 1), ("succeeded", 1)]);
+    assert_eq!(harness.tester.began.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

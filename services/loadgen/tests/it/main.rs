@@ -71,6 +71,32 @@ async fn a_clean_run_is_complete() {
 }
 
 #[tokio::test]
+async fn submit_only_ends_when_every_job_is_accepted_without_waiting_for_them() {
+    let nats = NatsServer::start();
+    let gateway = FakeGateway::start(&nats, Behaviour::NeverFinish).await;
+    let summary = run(args(
+        &gateway,
+        &nats,
+        &[
+            "-n",
+            "50",
+            "-c",
+            "4",
+            "--timeout-secs",
+            "30",
+            "--submit-only",
+        ],
+    ))
+    .await
+    .expect("the run works");
+    assert!(summary.complete, "{summary}");
+    assert_eq!(summary.stopped_by, None, "it did not wait for the timeout");
+    assert_eq!((summary.accepted, summary.done), (50, 0));
+    assert_eq!(summary.pending, 50);
+    assert!(summary.submit_throughput > 0.0);
+}
+
+#[tokio::test]
 async fn jobs_that_never_finish_time_out() {
     let nats = NatsServer::start();
     let gateway = FakeGateway::start(&nats, Behaviour::NeverFinish).await;
