@@ -397,34 +397,36 @@ impl Shard {
                 },
                 None => read(&self.bucket, &key).await?,
             };
-            let revision = stored.revision;
-            let mut next = stored.snapshot;
-            let mut changed = false;
+            let Stored {
+                revision,
+                snapshot: mut current,
+            } = stored;
+            let mut moved = false;
             for event in events {
-                match state::apply(next.as_ref(), event) {
+                match state::apply(current.as_ref(), event) {
                     Ok(snapshot) => {
-                        next = Some(snapshot);
-                        changed = true;
+                        current = Some(snapshot);
+                        moved = true;
                     }
                     Err(skip) => {
                         tracing::debug!(job_id = %id, event = event.change.name(), attempt = event.attempt, %skip, "Event skipped.");
                     }
                 }
             }
-            if !changed {
-                // Nothing moved: what was read is still current.
-                if let (Some(revision), Some(snapshot)) = (revision, next) {
-                    self.remember(id, revision, snapshot);
+            let snapshot = match current {
+                Some(snapshot) if moved => snapshot,
+                unchanged => {
+                    // Nothing moved: what was read is still current.
+                    if let (Some(revision), Some(snapshot)) = (revision, unchanged) {
+                        self.remember(id, revision, snapshot);
+                    }
+                    return Ok(());
                 }
-                return Ok(());
-            }
-            let Some(snapshot) = next else {
-                return Ok(());
             };
             let value = serde_json::to_vec(&snapshot)
                 .map_err(|e| ProjectError::Write(e.to_string()))?
                 .into();
-            let written = match (&self.writer, stored.revision) {
+            let written = match (&self.writer, revision) {
                 // The same compare-and-set as `kv::Store::update`/`create` (expected last
                 // subject sequence = the revision read, 0 for a new key), gathered.
                 (Some(writer), revision) => {

@@ -184,6 +184,7 @@ impl Runtime {
         // handler returns: waiting for a run slot and recording the outcome count too.
         let (progress_tx, progress_rx) = watch::channel(None);
         let settled = CancellationToken::new();
+        let claimed = CancellationToken::new();
         let keepalive = self.keepalive(
             Lease {
                 message: &delivery.message,
@@ -192,6 +193,7 @@ impl Runtime {
                 trace: &delivery.trace,
             },
             progress_rx,
+            claimed.clone(),
             settled.clone(),
         );
         let work = async {
@@ -230,8 +232,11 @@ impl Runtime {
             // `run_then_claim`).
             let started = JobEvent::new(&request, fence.attempt, Change::Started);
             let deferred = self.defers_claim(&delivery, &fence);
-            if !deferred && !self.claim(&delivery, &mut fence, &started).await {
-                return;
+            if !deferred {
+                if !self.claim(&delivery, &mut fence, &started).await {
+                    return;
+                }
+                claimed.cancel();
             }
             tracing::debug!(deferred, "Job started.");
             let running = self.presence.run(&request.kind);
@@ -272,7 +277,7 @@ impl Runtime {
                 }
             };
             let ended = if deferred {
-                self.run_then_claim(run, &delivery, &mut fence, &started)
+                self.run_then_claim(run, &delivery, &mut fence, &started, &claimed)
                     .await
             } else {
                 Ok(run.await)
@@ -363,6 +368,7 @@ impl Runtime {
         delivery: &Delivery,
         fence: &mut Fence,
         started: &JobEvent,
+        claimed: &CancellationToken,
     ) -> Result<Ended, Fenced> {
         let mut run = std::pin::pin!(run);
         tokio::select! {
@@ -382,6 +388,7 @@ impl Runtime {
         };
         match fenced {
             Fenced::Recorded => {
+                claimed.cancel();
                 tracing::debug!("Job started (claimed while running).");
                 Ok(match ended {
                     Some(ended) => ended,

@@ -25,10 +25,15 @@ impl Runtime {
     /// Sends heartbeats until `done`, and the run's progress reports. Progress goes to its own
     /// subject, never the job's: a late report cannot stand between the run and its
     /// fence, nor make a finished job look unfinished to a redelivery.
+    ///
+    /// Reports wait for `claimed` (the run's `started` stored): a run whose claim is
+    /// deferred must not show progress before it shows as started, and a quick run that
+    /// never claims records its outcome alone.
     pub(super) async fn keepalive(
         &self,
         lease: Lease<'_>,
         mut progress: watch::Receiver<Option<Progress>>,
+        claimed: CancellationToken,
         done: CancellationToken,
     ) {
         let mut heartbeat =
@@ -38,6 +43,7 @@ impl Runtime {
         let mut last_report = tokio::time::Instant::now()
             .checked_sub(min_gap)
             .unwrap_or_else(tokio::time::Instant::now);
+        let mut reporting = claimed.is_cancelled();
         loop {
             tokio::select! {
                 biased;
@@ -47,7 +53,9 @@ impl Runtime {
                         tracing::warn!(error = %e, "Heartbeat not sent.");
                     }
                 }
-                changed = progress.changed() => {
+                // Until the claim, a report stays unseen in the channel: sent once it is.
+                () = claimed.cancelled(), if !reporting => reporting = true,
+                changed = progress.changed(), if reporting => {
                     if changed.is_err() {
                         // The run is over; heartbeats go on until the job is settled.
                         done.cancelled().await;

@@ -30,6 +30,9 @@ struct Flaky {
     hang: bool,
     #[serde(default)]
     busy_ms: u64,
+    /// Report progress as soon as the run begins.
+    #[serde(default)]
+    progress: bool,
 }
 
 /// A test kind that fails, panics or hangs on request, and counts how many run at once.
@@ -54,6 +57,9 @@ impl Handler for Tester {
         self.began.fetch_add(1, Ordering::SeqCst);
         let now_running = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.peak.fetch_max(now_running, Ordering::SeqCst);
+        if p.progress {
+            ctx.progress(1, 2);
+        }
         tokio::time::sleep(Duration::from_millis(p.busy_ms)).await;
         self.running.fetch_sub(1, Ordering::SeqCst);
         self.worked.fetch_add(1, Ordering::SeqCst);
@@ -180,10 +186,24 @@ impl Harness {
     }
 
     async fn events(&self, id: JobId) -> Vec<(String, u64, Value)> {
+        self.events_on(vec![format!("jobs.events.flaky.{id}")])
+            .await
+    }
+
+    /// The job's events and its progress reports, in the order they were stored.
+    async fn events_with_progress(&self, id: JobId) -> Vec<(String, u64, Value)> {
+        self.events_on(vec![
+            format!("jobs.events.flaky.{id}"),
+            format!("jobs.events.flaky.{id}.progress"),
+        ])
+        .await
+    }
+
+    async fn events_on(&self, subjects: Vec<String>) -> Vec<(String, u64, Value)> {
         let stream = self.js.get_stream("JOB_EVENTS").await.expect("stream");
         let consumer = stream
             .create_consumer(jetstream::consumer::pull::OrderedConfig {
-                filter_subject: format!("jobs.events.flaky.{id}"),
+                filter_subjects: subjects,
                 ..Default::default()
             })
             .await
@@ -432,6 +452,35 @@ async fn a_quick_job_redelivered_after_a_run_that_recorded_nothing_claims_before
     // time runs out of attempts instead of looping.
     assert_eq!(types(&events), vec![("started", 1), ("succeeded", 1)]);
     assert_eq!(harness.tester.began.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_is_recorded_only_after_the_run_shows_as_started() {
+    let harness = Harness::start(4).await;
+    // Reported at once, while the run's claim is still deferred; then the run goes on
+    // long enough to claim.
+    let long = harness
+        .submit(
+            json!({"fail_first": 0, "progress": true, "busy_ms": 300}),
+            3,
+        )
+        .await;
+    // Reported, then done before any claim: the outcome is the whole record.
+    let quick = harness
+        .submit(json!({"fail_first": 0, "progress": true}), 3)
+        .await;
+    harness.outcome(long).await;
+    harness.outcome(quick).await;
+    // Progress reports are not awaited; give a late one the time to land.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        types(&harness.events_with_progress(long).await),
+        vec![("started", 1), ("progress", 1), ("succeeded", 1)]
+    );
+    assert_eq!(
+        types(&harness.events_with_progress(quick).await),
+        vec![("succeeded", 1)]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -214,7 +214,7 @@ async fn cluster_sigkill_the_jobs_leader() {
                 tally.succeeded, tally.terminal
             ));
         }
-        if tally.started > 1 {
+        if tally.runs.len() > 1 {
             reruns += 1;
         }
     }
@@ -636,7 +636,9 @@ async fn wait_new_leader(js: &jetstream::Context, stream: &str, old: &str) -> (D
 
 #[derive(Clone, Debug, Default)]
 struct Tally {
-    started: usize,
+    /// The attempts the job's run events name: a quick run records only its outcome, a
+    /// longer one `started` too.
+    runs: std::collections::BTreeSet<u64>,
     succeeded: usize,
     terminal: usize,
 }
@@ -675,8 +677,12 @@ async fn read_events(js: &jetstream::Context) -> HashMap<String, Tally> {
         let event: Value = serde_json::from_slice(&message.payload).unwrap_or(Value::Null);
         if let (Some(id), Some(kind)) = (event["job_id"].as_str(), event["type"].as_str()) {
             let tally = tallies.entry(id.to_string()).or_default();
+            if matches!(kind, "started" | "retrying" | "succeeded" | "failed")
+                && let Some(attempt) = event["attempt"].as_u64()
+            {
+                tally.runs.insert(attempt);
+            }
             match kind {
-                "started" => tally.started += 1,
                 "succeeded" => {
                     tally.succeeded += 1;
                     tally.terminal += 1;
