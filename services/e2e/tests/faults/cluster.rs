@@ -89,8 +89,8 @@ async fn cluster_sigkill_the_jobs_leader() {
         "NATS_URL must take a comma-separated list of servers"
     );
     let services_url = cluster.urls();
-    let services = Services::start(&services_url).await;
-    jetjobs_e2e::system::wait_for_kinds(&js, &["noop", "sleep"]).await;
+    let mut services = Services::start(&services_url).await;
+    services.wait_ready(&js, &["noop", "sleep"]).await;
 
     // The run: clients submit while the JOBS leader is killed and later restarted.
     let http = reqwest::Client::builder()
@@ -359,47 +359,100 @@ async fn cluster_sigkill_the_jobs_leader() {
 
 struct Services {
     base: String,
+    nats_url: String,
     tokens: Vec<CancellationToken>,
     handles: Vec<(&'static str, tokio::task::JoinHandle<anyhow::Result<()>>)>,
 }
 
 impl Services {
     async fn start(nats_url: &str) -> Self {
-        let mut status = jetjobs_status::Config::local(nats_url);
-        status.shards = 8;
-        let io = jetjobs_processor_io::Config::parse_from([
-            "jetjobs-processor-io",
-            "--nats-url",
-            nats_url,
-            "--retry-base-ms",
-            "50",
-            "--shutdown-grace-secs",
-            "2",
-        ]);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
-        let gateway = jetjobs_gateway::Config::local(nats_url);
-
         let mut services = Self {
             base,
+            nats_url: nats_url.to_string(),
             tokens: Vec::new(),
             handles: Vec::new(),
         };
-        let token = services.token();
+        services.spawn("status", None);
+        services.spawn("processor-io", None);
+        services.spawn("gateway", Some(listener));
         services
-            .handles
-            .push(("status", tokio::spawn(jetjobs_status::run(status, token))));
-        let token = services.token();
-        services.handles.push((
-            "processor-io",
-            tokio::spawn(jetjobs_processor_io::run(io, token)),
-        ));
-        let token = services.token();
-        services.handles.push((
-            "gateway",
-            tokio::spawn(jetjobs_gateway::run(gateway, Some(listener), token)),
-        ));
-        services
+    }
+
+    fn spawn(&mut self, name: &'static str, listener: Option<TcpListener>) {
+        let nats_url = self.nats_url.clone();
+        let token = self.token();
+        let handle = match name {
+            "status" => {
+                let mut status = jetjobs_status::Config::local(&nats_url);
+                status.shards = 8;
+                tokio::spawn(jetjobs_status::run(status, token))
+            }
+            "processor-io" => {
+                let io = jetjobs_processor_io::Config::parse_from([
+                    "jetjobs-processor-io",
+                    "--nats-url",
+                    &nats_url,
+                    "--retry-base-ms",
+                    "50",
+                    "--shutdown-grace-secs",
+                    "2",
+                ]);
+                tokio::spawn(jetjobs_processor_io::run(io, token))
+            }
+            "gateway" => {
+                let gateway = jetjobs_gateway::Config::local(&nats_url);
+                tokio::spawn(jetjobs_gateway::run(gateway, listener, token))
+            }
+            other => panic!("no service {other}"),
+        };
+        self.handles.push((name, handle));
+    }
+
+    /// Waits until the processors have registered `kinds`. A service that gave up while
+    /// the cluster that has just formed still elected its leaders (its start is bounded)
+    /// is reported and started again: the scenario is the failover later, not this.
+    async fn wait_ready(&mut self, js: &jetstream::Context, kinds: &[&str]) {
+        let bucket = js
+            .get_key_value(layout::KINDS_BUCKET)
+            .await
+            .expect("job_kinds");
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let mut registered = true;
+            for kind in kinds {
+                if !matches!(bucket.get(*kind).await, Ok(Some(_))) {
+                    registered = false;
+                    break;
+                }
+            }
+            if registered {
+                return;
+            }
+            let ended: Vec<usize> = (0..self.handles.len())
+                .filter(|&i| self.handles[i].1.is_finished())
+                .collect();
+            for i in ended.into_iter().rev() {
+                let (name, handle) = self.handles.remove(i);
+                let how = match handle.await {
+                    Ok(Ok(())) => "ended".to_string(),
+                    Ok(Err(e)) => format!("failed: {e:#}"),
+                    Err(e) => format!("panicked: {e}"),
+                };
+                assert_ne!(
+                    name, "gateway",
+                    "the gateway {how} while the cluster formed"
+                );
+                eprintln!("cluster: {name} {how} while the cluster formed; starting it again");
+                self.spawn(name, None);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "processors did not register {kinds:?} within 90 s"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     fn token(&mut self) -> CancellationToken {
